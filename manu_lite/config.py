@@ -1,0 +1,151 @@
+"""Profiles (where a notebook runs) and the MANU configuration (how neurons are scored and pruned).
+
+A notebook's ``parameters`` cell sets ``PROFILE = None``; :func:`resolve_profile` then falls back to the
+environment variable ``MANU_PROFILE`` and finally to the hardware. Only the model, the data source, the batch
+size and the dtype change between profiles: the code path is the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+
+RENDERINGS = ("image_text", "text_only")
+TOWERS = ("language", "vision")
+FORMULATIONS = ("paper", "reference")
+POSITIONS = ("recall", "all")
+SCOPES = ("global", "tower", "layer")
+PRUNE_MODES = ("neuron", "output_rows", "activation")
+SELECTIONS = ("union", "combined")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where a run happens: which model, which data, how big a batch, which dtype."""
+
+    name: str
+    model: str
+    data: str
+    batch_size: int
+    dtype: str
+    load_in_4bit: bool = False
+    forget_split: str = "forget_10"
+    note: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny", model="tiny", data="synthetic", batch_size=32, dtype="float32",
+        note="CPU, offline, minutes: a tiny LLaVA trained here on a synthetic MLLMU-Bench",
+    ),
+    "colab": Profile(
+        name="colab", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=4, dtype="float16",
+        load_in_4bit=True, note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
+    ),
+    "full": Profile(
+        name="full", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=16, dtype="bfloat16",
+        note="A100/H100-class GPU: LLaVA-1.5-7B (or MLLMMU/Idefics2_Vanilla) as in the paper",
+    ),
+}
+
+
+def resolve_profile(profile: str | Profile | None = None) -> Profile:
+    """The profile named by the argument, else by ``$MANU_PROFILE``, else by the hardware.
+
+    With no GPU the answer is ``tiny``; a GPU under 40 GB gives ``colab``, a larger one ``full``.
+    """
+    if isinstance(profile, Profile):
+        return profile
+    name = profile or os.environ.get("MANU_PROFILE")
+    if not name:
+        import torch
+
+        if not torch.cuda.is_available():
+            name = "tiny"
+        else:
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+            name = "colab" if gib < 40 else "full"
+    _check_choice("profile", name, tuple(PROFILES))
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class ManuConfig:
+    """Every open choice of MANU, with the defaults this book argues for.
+
+    formulation: ``"paper"`` (the equations as written) or ``"reference"`` (as the released code behaves).
+    positions:   which token positions feed the language-model statistics: ``"recall"`` (positions that predict
+                 answer tokens) or ``"all"`` (every non-padding position). Vision statistics use all patches.
+    tau:         activation threshold of the frequency statistic (the released code uses 0.1).
+    epsilon:     stabiliser in every ratio.
+    alpha:       percentage of candidate neurons to prune, in (0, 100].
+    scope:       where the top-alpha threshold is taken: ``"global"``, per ``"tower"`` or per ``"layer"``.
+    towers:      which towers are scored and pruned.
+    prune_mode:  ``"neuron"`` (remove neurons: zero down_proj/fc2 columns and gate/up/fc1 rows),
+                 ``"output_rows"`` (the released code: zero output rows, i.e. residual channels), or
+                 ``"activation"`` (a hook that masks neuron activations; weights untouched, works on 4-bit).
+    selection:   ``"union"`` (top-alpha/2 per rendering, united: modality-balanced) or ``"combined"``
+                 (top-alpha of one score combining both renderings, as the paper's I(D, n) does).
+    weights:     per-statistic weights (abs, freq, var, rms); ``None`` means the formulation's default
+                 (paper: 1, 1, 1, 1; reference: 2, 0, 2, 2).
+    """
+
+    formulation: str = "paper"
+    positions: str = "recall"
+    tau: float = 0.1
+    epsilon: float = 1e-5
+    alpha: float = 10.0
+    scope: str = "global"
+    towers: tuple[str, ...] = TOWERS
+    prune_mode: str = "neuron"
+    selection: str = "union"
+    weights: dict[str, float] | None = None
+    seed: int = 0
+    max_batches: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_choice("formulation", self.formulation, FORMULATIONS)
+        _check_choice("positions", self.positions, POSITIONS)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("prune_mode", self.prune_mode, PRUNE_MODES)
+        _check_choice("selection", self.selection, SELECTIONS)
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0 < self.alpha <= 100):
+            raise ValueError(f"alpha={self.alpha!r} is out of range: it is a percentage of neurons, 0 < alpha <= 100 "
+                             "(e.g. alpha=10 prunes 10 %)")
+        if not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"tau={self.tau!r} must be a finite number >= 0 (the released code uses 0.1)")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon={self.epsilon!r} must be a finite number > 0 (e.g. 1e-5)")
+        if not self.towers:
+            raise ValueError("towers is empty; choose at least one of 'language', 'vision'")
+        for tower in self.towers:
+            _check_choice("tower", tower, TOWERS)
+        if self.weights is not None:
+            unknown = set(self.weights) - {"abs", "freq", "var", "rms"}
+            if unknown:
+                raise ValueError(f"unknown weight(s) {sorted(unknown)}; weights take keys abs, freq, var, rms")
+
+    @property
+    def statistic_weights(self) -> dict[str, float]:
+        if self.weights is not None:
+            return {k: float(self.weights.get(k, 0.0)) for k in ("abs", "freq", "var", "rms")}
+        if self.formulation == "reference":
+            return {"abs": 2.0, "freq": 0.0, "var": 2.0, "rms": 2.0}
+        return {"abs": 1.0, "freq": 1.0, "var": 1.0, "rms": 1.0}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ManuConfig":
+        data = dict(data)
+        if "towers" in data:
+            data["towers"] = tuple(data["towers"])
+        return cls(**data)
