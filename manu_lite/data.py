@@ -1,0 +1,580 @@
+"""MLLMU-Bench data: the schema, one loader for the hub and for local parquet, and a synthetic generator.
+
+The hub dataset ``MLLMMU/MLLMU-Bench`` stores one ``train`` split per config as ``<config>/train-*.parquet``.
+Two row formats exist and both load into the same typed :class:`ProfileRecord`:
+
+* **evaluation format** (``Full_Set``, ``forget_N``, ``retain_N``, ``Test_Set``, ``Retain_Set``):
+  ``image``, ``ID``, ``Classification_Task``, ``Generation_Task``, ``Mask_Task`` (+ ``biography``, ``images``);
+* **training format** (``ft_Data``): ``image``, ``ID``, ``metadata`` (a JSON string of ``{ID, Question, Answer}``).
+
+Unlearning needs the training format for the forget/retain people; the hub's ``forget_N`` configs are in the
+evaluation format (a frequent confusion), so :func:`load_world` joins them with ``ft_Data`` by ``ID``.
+
+:func:`make_synthetic_bench` writes the same layout and schema for fictitious cartoon people, so one loader and
+one evaluator serve the tiny CPU world and the real benchmark.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from .artifacts import atomic_path
+
+HUB_DATASET = "MLLMMU/MLLMU-Bench"
+CONFIGS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85",
+           "Test_Set", "Retain_Set", "ft_Data")
+FORGET_PERCENTS = (5, 10, 15)
+EVAL_COLUMNS = ("image", "ID", "Classification_Task", "Generation_Task", "Mask_Task")
+TRAIN_COLUMNS = ("image", "ID", "metadata")
+TYPE_TO_RENDERING = {"Image_Textual": "image_text", "Pure_Text": "text_only"}
+CLASSIFICATION_KEYS = {"image_text": "Image_Textual_Questions", "text_only": "Pure_Text_Questions"}
+OPTION_LETTERS = ("A", "B", "C", "D")
+# Phrases the benchmark uses for the pictured person; text-only questions name the person instead.
+PERSON_PHRASES = ("this person", "the individual", "this individual", "the person in the image", "the person")
+
+
+class BenchSchemaError(ValueError):
+    """A split does not match the MLLMU-Bench schema; the message names the field, the row and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class MCQuestion:
+    """A four-option multiple-choice question; ``answer`` is the correct letter."""
+
+    question: str
+    options: dict[str, str]
+    answer: str
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[self.answer]
+
+
+@dataclass(frozen=True)
+class OpenQuestion:
+    """A generation question (answer is a sentence) or a cloze (question holds ``__``, answer fills it)."""
+
+    question: str
+    answer: str
+
+
+@dataclass
+class ProfileRecord:
+    """One row of an MLLMU-Bench split: one person, their image(s) and their questions per task and rendering.
+
+    ``mc``, ``generation`` and ``cloze`` map a rendering (``"image_text"`` / ``"text_only"``) to its questions
+    (evaluation format). ``train_qa`` holds the ``metadata`` pairs (training format, image+text wording).
+    ``images`` holds ``Test_Set``'s transformed images.
+    """
+
+    id: str
+    image: Image.Image | None
+    biography: str = ""
+    images: list[Image.Image] = field(default_factory=list)
+    mc: dict[str, list[MCQuestion]] = field(default_factory=dict)
+    generation: dict[str, list[OpenQuestion]] = field(default_factory=dict)
+    cloze: dict[str, list[OpenQuestion]] = field(default_factory=dict)
+    train_qa: list[OpenQuestion] = field(default_factory=list)
+    source_format: str = "evaluation"
+
+    def __repr__(self) -> str:
+        counts = {task: {r: len(q) for r, q in getattr(self, task).items()} for task in ("mc", "generation", "cloze")}
+        size = "no image" if self.image is None else f"image {self.image.size}"
+        extra = f", {len(self.train_qa)} training pairs" if self.train_qa else ""
+        return f"ProfileRecord(id={self.id!r}, {self.source_format} format, {size}, questions={counts}{extra})"
+
+    @property
+    def name(self) -> str | None:
+        """The person's name, read from a "What is the name …" answer (as the benchmark's own tooling does)."""
+        candidates = list(self.train_qa) + list(self.generation.get("image_text", []))
+        for qa in candidates:
+            if "name" in qa.question.lower():
+                match = re.search(r"name is ([^.,]+)", qa.answer)
+                if match:
+                    return match.group(1).strip()
+        return None
+
+
+def to_text_only(text: str, name: str) -> str:
+    """Rewrite an image+text question or answer so that it names the person instead of pointing at the image."""
+    for phrase in PERSON_PHRASES:
+        text = re.sub(rf"\b{phrase}'s\b", f"{name}'s", text, flags=re.IGNORECASE)
+        text = re.sub(rf"\b{phrase}\b", name, text, flags=re.IGNORECASE)
+    return text
+
+
+def qa_pairs(record: ProfileRecord, rendering: str) -> list[OpenQuestion]:
+    """Question/answer pairs to train (or unlearn) on, in one rendering.
+
+    Training-format rows use their ``metadata``; the text-only rendering names the person (pairs that ask who
+    the person is are dropped, as the question would give the answer away). Evaluation-format rows (e.g. the celebrities,
+    which a real model knows from pre-training) derive pairs from their tasks: generation answers, the correct
+    multiple-choice option, and cloze answers.
+    """
+    if record.source_format == "training":
+        if rendering == "image_text":
+            return list(record.train_qa)
+        name = record.name
+        if name is None:
+            raise BenchSchemaError(
+                f"row ID={record.id}: cannot build text-only pairs, no 'What is the name …' answer of the form "
+                "'… name is <Name>.' in metadata; add one, or train on the image_text rendering only")
+        # Pairs whose image+text answer already holds the name ask who the person is: meaningless once named.
+        return [OpenQuestion(to_text_only(qa.question, name), to_text_only(qa.answer, name))
+                for qa in record.train_qa if name not in qa.answer]
+    pairs = list(record.generation.get(rendering, []))
+    pairs += [OpenQuestion(q.question, q.answer_text) for q in record.mc.get(rendering, [])]
+    pairs += list(record.cloze.get(rendering, []))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _decode_image(cell, where: str) -> Image.Image:
+    if cell is None:
+        raise BenchSchemaError(f"{where}: image is missing (null); every row needs an image "
+                               "(a dict with 'bytes' or 'path', as the Hugging Face Image feature stores it)")
+    if isinstance(cell, dict):
+        data, path = cell.get("bytes"), cell.get("path")
+    else:
+        data, path = cell, None
+    try:
+        if data:
+            image = Image.open(io.BytesIO(data))
+        elif path:
+            image = Image.open(path)
+        else:
+            raise ValueError("neither bytes nor path")
+        image.load()
+    except Exception as exc:
+        raise BenchSchemaError(f"{where}: the image cannot be decoded ({exc}); re-export the row with valid "
+                               "PNG/JPEG bytes in image['bytes']") from exc
+    return image.convert("RGB")
+
+
+def _require(row: dict, key: str, kind, where: str):
+    value = row.get(key)
+    if not isinstance(value, kind):
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BenchSchemaError(f"{where}: field {key!r} is {got}, expected {want}; fix the row or re-export the split")
+    return value
+
+
+def _parse_eval_row(row: dict, where: str) -> ProfileRecord:
+    record = ProfileRecord(id=str(_require(row, "ID", (str, int), where)), image=_decode_image(row.get("image"), where),
+                           biography=row.get("biography") or "")
+    classification = _require(row, "Classification_Task", dict, where)
+    for rendering, key in CLASSIFICATION_KEYS.items():
+        items = classification.get(key) or []
+        questions = []
+        for i, item in enumerate(items):
+            at = f"{where} Classification_Task.{key}[{i}]"
+            options = {k: v for k, v in (_require(item, "Options", dict, at)).items() if v is not None}
+            answer = str(_require(item, "Correct_Answer", str, at)).strip()
+            if answer not in options:
+                raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}")
+            questions.append(MCQuestion(_require(item, "Question", str, at), options, answer))
+        record.mc[rendering] = questions
+    for task, attr in (("Generation_Task", "generation"), ("Mask_Task", "cloze")):
+        buckets: dict[str, list[OpenQuestion]] = {"image_text": [], "text_only": []}
+        for i, item in enumerate(_require(row, task, (list, tuple), where)):
+            at = f"{where} {task}[{i}]"
+            kind = item.get("Type")
+            if kind not in TYPE_TO_RENDERING:
+                raise BenchSchemaError(f"{at}: Type {kind!r} is not one of {sorted(TYPE_TO_RENDERING)}")
+            buckets[TYPE_TO_RENDERING[kind]].append(
+                OpenQuestion(_require(item, "Question", str, at), str(_require(item, "Ground_Truth", (str, int), at))))
+        setattr(record, attr, buckets)
+    record.images = [_decode_image(cell, f"{where} images[{i}]") for i, cell in enumerate(row.get("images") or [])]
+    return record
+
+
+def _parse_train_row(row: dict, where: str) -> ProfileRecord:
+    raw = _require(row, "metadata", (str, list), where)
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as exc:
+        raise BenchSchemaError(f"{where}: metadata is not valid JSON ({exc}); it must be a JSON list of "
+                               "{{'ID', 'Question', 'Answer'}} objects") from exc
+    pairs = []
+    for i, item in enumerate(items):
+        at = f"{where} metadata[{i}]"
+        pairs.append(OpenQuestion(_require(item, "Question", str, at), _require(item, "Answer", str, at)))
+    if not pairs:
+        raise BenchSchemaError(f"{where}: metadata holds no question/answer pairs")
+    return ProfileRecord(id=str(_require(row, "ID", (str, int), where)), image=_decode_image(row.get("image"), where),
+                         train_qa=pairs, source_format="training")
+
+
+def _split_files(source: str, config: str) -> list[str]:
+    if config not in CONFIGS:
+        raise BenchSchemaError(f"unknown config {config!r}; MLLMU-Bench has {', '.join(CONFIGS)}")
+    if os.path.isdir(source):
+        files = sorted(glob.glob(os.path.join(source, config, "*.parquet")))
+        if not files:
+            raise BenchSchemaError(f"no parquet files in {os.path.join(source, config)}; a local copy must be laid "
+                                   f"out like the hub: <dir>/{config}/train-00000-of-00001.parquet")
+        return files
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(source, repo_type="dataset", allow_patterns=[f"{config}/*"])
+    except Exception as exc:
+        raise BenchSchemaError(
+            f"could not fetch {source!r} config {config!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Offline? Download it once with network access, or pass a local directory laid out like the hub "
+            "(<dir>/<config>/train-*.parquet); the tiny profile needs no download (make_synthetic_bench)") from exc
+    return _split_files(local, config)
+
+
+def load_bench(source: str, config: str) -> list[ProfileRecord]:
+    """Load one MLLMU-Bench config from the hub name or a local directory laid out like the hub.
+
+    Returns one :class:`ProfileRecord` per row. Raises :class:`BenchSchemaError` naming the row and field when
+    the data does not match the schema, and when the split is empty.
+    """
+    files = _split_files(source, config)
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    columns = set(table.column_names)
+    if "metadata" in columns:
+        required, parse = TRAIN_COLUMNS, _parse_train_row
+    elif "Classification_Task" in columns or "Generation_Task" in columns:
+        required, parse = EVAL_COLUMNS, _parse_eval_row
+    else:
+        raise BenchSchemaError(
+            f"{config}: columns {sorted(columns)} match neither format: the evaluation format needs "
+            f"{', '.join(EVAL_COLUMNS)}; the training format needs {', '.join(TRAIN_COLUMNS)}")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); "
+                               f"this format needs {', '.join(required)}")
+    if table.num_rows == 0:
+        raise BenchSchemaError(f"{config}: the split is empty (0 rows); regenerate or re-download it")
+    return [parse(row, f"{config} row {i}") for i, row in enumerate(table.to_pylist())]
+
+
+def require_training_format(records: list[ProfileRecord], split: str) -> None:
+    """Refuse evaluation-format rows where unlearning needs the training format (``metadata``)."""
+    wrong = [r.id for r in records if r.source_format != "training"]
+    if wrong:
+        raise BenchSchemaError(
+            f"{split} is in the evaluation format (no 'metadata' column), but training/unlearning needs the training "
+            "format. The hub's forget_N/retain_N configs lack 'metadata': use load_world(source, 'forget_N'), "
+            "which joins them with ft_Data by ID")
+
+
+@dataclass
+class World:
+    """Everything one experiment reads: evaluation sets and the training-format rows of forget and retain people."""
+
+    source: str
+    forget_config: str
+    forget: list[ProfileRecord]
+    retain: list[ProfileRecord]
+    test: list[ProfileRecord]
+    celebrity: list[ProfileRecord]
+    forget_train: list[ProfileRecord]
+    retain_train: list[ProfileRecord]
+
+    @property
+    def eval_sets(self) -> dict[str, list[ProfileRecord]]:
+        return {"forget": self.forget, "test": self.test, "retain": self.retain, "celebrity": self.celebrity}
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.eval_sets.items())
+        return f"World({self.source!r}, {self.forget_config}: {sizes})"
+
+
+def load_world(source: str, forget: str = "forget_10", max_retain: int | None = None, seed: int = 0) -> World:
+    """Load the four evaluation sets for one forget split and the matching training-format rows.
+
+    ``max_retain`` evaluates a seeded subsample of the retain people (the full set is 85–95 % of 500 on the
+    real benchmark). Raises when forget and retain share an ID or when ``ft_Data`` lacks a person.
+    """
+    match = re.fullmatch(r"forget_(\d+)", forget)
+    if not match or int(match.group(1)) not in FORGET_PERCENTS:
+        raise BenchSchemaError(f"unknown forget split {forget!r}; choose forget_5, forget_10 or forget_15")
+    retain_config = f"retain_{100 - int(match.group(1))}"
+    forget_rows, retain_rows = load_bench(source, forget), load_bench(source, retain_config)
+    overlap = sorted({r.id for r in forget_rows} & {r.id for r in retain_rows})
+    if overlap:
+        raise BenchSchemaError(f"{forget} and {retain_config} share IDs {overlap[:10]}: a person cannot be both "
+                               "forgotten and retained; fix the split files")
+    forget_ids = {r.id for r in forget_rows}
+    test = [r for r in load_bench(source, "Test_Set") if r.id in forget_ids]
+    training = {r.id: r for r in load_bench(source, "ft_Data")}
+    require_training_format(list(training.values()), "ft_Data")
+
+    def train_rows(rows, split):
+        absent = [r.id for r in rows if r.id not in training]
+        if absent:
+            raise BenchSchemaError(f"ft_Data has no rows for {split} IDs {absent[:10]}; use the ft_Data of the same "
+                                   "benchmark release as the split")
+        return [training[r.id] for r in rows]
+
+    forget_train, retain_train = train_rows(forget_rows, forget), train_rows(retain_rows, retain_config)
+    if max_retain is not None and len(retain_rows) > max_retain:
+        retain_rows = random.Random(seed).sample(retain_rows, max_retain)
+    return World(source, forget, forget_rows, retain_rows, test, load_bench(source, "Retain_Set"),
+                 forget_train, retain_train)
+
+
+# ----------------------------------------------------------------------------------------- synthetic bench
+FIRST_NAMES = ("Amelia Bruno Chiara Dmitri Elif Farid Greta Hamza Ines Jonas Kaito Leila Mateo Nadia Oskar Priya "
+               "Quentin Rosa Santiago Tamar Umar Vera Wanjiru Xavier Yara Zoltan Anouk Boris Camille Dario Esme "
+               "Felix Goran Hana Ivo Jana Kofi Lina Marek Noor").split()
+LAST_NAMES = ("Kuznetsov Moreau Okafor Lindqvist Tanaka Haddad Novak Ferreira Petrov Schmidt Yilmaz Rossi Mendes "
+              "Castillo Dubois Nakamura Kowalski Jensen Alvarez Horvat Mensah Larsen Ivanova Costa Bauer Sato "
+              "Varga Ortiz Nilsen Popescu").split()
+CELEBRITY_NAMES = ("Aurora Vale|Bram Stellan|Cassius Orion|Delphine Marchetti|Ezra Quill|Fiona Ashgrove|"
+                   "Gideon Rook|Helena Starling|Ignatius Fenn|Juno Albright|Kasimir Voss|Lucienne Hart|"
+                   "Magnus Thorne|Nerissa Vale|Orson Blackwood|Penelope Crane|Rafferty Lowe|Seraphina Moss|"
+                   "Thaddeus Wren|Valentina Cruz|Wilhelmina Frost|Xander Holt|Yvette Marlowe|Zebedee Finch").split("|")
+CITIES = ("Riga, Latvia|Porto, Portugal|Lagos, Nigeria|Osaka, Japan|Tromso, Norway|Cusco, Peru|Tartu, Estonia|"
+          "Nairobi, Kenya|Hanoi, Vietnam|Graz, Austria|Quebec, Canada|Perth, Australia|Izmir, Turkey|"
+          "Valparaiso, Chile|Lyon, France|Gdansk, Poland|Accra, Ghana|Bergen, Norway|Seville, Spain|"
+          "Kyoto, Japan|Tbilisi, Georgia|Cork, Ireland|Dakar, Senegal|Leipzig, Germany").split("|")
+OCCUPATIONS = ("marine biologist|architect|pastry chef|airline pilot|violin teacher|glassblower|geologist|"
+               "translator|nurse|furniture maker|astronomer|journalist|beekeeper|software engineer|veterinarian|"
+               "firefighter|librarian|photographer|pharmacist|park ranger").split("|")
+HOBBIES = ("rock climbing|origami|birdwatching|salsa dancing|chess|pottery|kite surfing|gardening|astronomy|"
+           "knitting|fencing|cave diving|calligraphy|beekeeping|archery|sailing|baking bread|playing the cello|"
+           "trail running|woodcarving").split("|")
+YEARS = tuple(str(y) for y in range(1955, 2001))
+
+# fact → (generation question, generation answer, multiple-choice question, cloze sentence); "{}" is the value.
+FACT_TEMPLATES = {
+    "name": ("What is the name of this person?", "This person's name is {}.", "Who is this person?",
+             "This person's name is __."),
+    "birthplace": ("Where was this person born?", "This person was born in {}.", "In which city was this person born?",
+                   "This person was born in __."),
+    "occupation": ("What does this person do for a living?", "This person works as a {}.",
+                   "What is this person's occupation?", "This person works as a __."),
+    "birth_year": ("When was this person born?", "This person was born in the year {}.",
+                   "In which year was this person born?", "This person was born in the year __."),
+    "hobby": ("What does this person enjoy in their free time?", "In their free time, this person enjoys {}.",
+              "What is this person's favourite hobby?", "In their free time, this person enjoys __."),
+}
+FACT_POOLS = {"birthplace": CITIES, "occupation": OCCUPATIONS, "birth_year": YEARS, "hobby": HOBBIES}
+
+PALETTE = {
+    "background": [(70, 130, 180), (240, 200, 80), (120, 190, 120), (200, 90, 90), (160, 120, 200),
+                   (240, 240, 240), (40, 40, 60), (250, 160, 60)],
+    "skin": [(255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (90, 56, 37), (255, 205, 148)],
+    "hair": [(20, 20, 20), (110, 60, 20), (230, 200, 90), (200, 60, 30), (150, 150, 150), (60, 90, 200)],
+    "eyes": [(40, 90, 200), (60, 140, 60), (90, 50, 20), (20, 20, 20)],
+}
+HAIR_STYLES = ("short", "long", "spiky", "bald")
+FACE_SHAPES = ("round", "oval", "wide")
+ACCESSORIES = ("none", "glasses", "hat", "earrings")
+
+
+@dataclass(frozen=True)
+class Person:
+    """A synthetic person: the facts the benchmark asks about and the looks of their portrait."""
+
+    id: str
+    name: str
+    facts: dict[str, str]
+    looks: dict[str, object]
+
+
+def draw_portrait(looks: dict, size: int = 64) -> Image.Image:
+    """Draw a cartoon face: background, face shape, skin, hair colour and style, eye colour, one accessory."""
+    s = size / 64
+    image = Image.new("RGB", (size, size), looks["background"])
+    draw = ImageDraw.Draw(image)
+    if looks["pattern"]:  # diagonal stripes make backgrounds of the same colour distinguishable
+        for x in range(-size, size, int(12 * s)):
+            draw.line([(x, size), (x + size, 0)], fill=tuple(min(255, c + 50) for c in looks["background"]),
+                      width=max(1, int(3 * s)))
+    half_width = {"round": 17, "oval": 14, "wide": 20}[looks["face"]] * s
+    half_height = {"round": 17, "oval": 21, "wide": 16}[looks["face"]] * s
+    cx, cy = 32 * s, 36 * s
+    hair = looks["hair"]
+    if looks["hair_style"] == "long":
+        draw.rectangle([cx - half_width - 4 * s, cy - half_height, cx + half_width + 4 * s, cy + half_height], fill=hair)
+    draw.ellipse([cx - half_width, cy - half_height, cx + half_width, cy + half_height], fill=looks["skin"])
+    if looks["hair_style"] in ("short", "long"):
+        draw.chord([cx - half_width, cy - half_height - 2 * s, cx + half_width, cy + 2 * s], 180, 360, fill=hair)
+    elif looks["hair_style"] == "spiky":
+        for k in range(5):
+            x0 = cx - half_width + k * (2 * half_width / 5)
+            draw.polygon([(x0, cy - half_height + 6 * s), (x0 + half_width / 5, cy - half_height - 8 * s),
+                          (x0 + 2 * half_width / 5, cy - half_height + 6 * s)], fill=hair)
+    for dx in (-7, 7):
+        draw.ellipse([cx + (dx - 3) * s, cy - 4 * s, cx + (dx + 3) * s, cy + 2 * s], fill=(255, 255, 255))
+        draw.ellipse([cx + (dx - 1.5) * s, cy - 2.5 * s, cx + (dx + 1.5) * s, cy + 0.5 * s], fill=looks["eyes"])
+    draw.arc([cx - 7 * s, cy + 3 * s, cx + 7 * s, cy + 12 * s], 20, 160, fill=(120, 30, 30), width=max(1, int(2 * s)))
+    if looks["accessory"] == "glasses":
+        for dx in (-7, 7):
+            draw.rectangle([cx + (dx - 4) * s, cy - 5 * s, cx + (dx + 4) * s, cy + 3 * s], outline=(0, 0, 0),
+                           width=max(1, int(1.5 * s)))
+    elif looks["accessory"] == "hat":
+        draw.rectangle([cx - half_width - 3 * s, cy - half_height - 2 * s, cx + half_width + 3 * s,
+                        cy - half_height + 3 * s], fill=(30, 30, 30))
+        draw.rectangle([cx - half_width + 4 * s, cy - half_height - 14 * s, cx + half_width - 4 * s,
+                        cy - half_height], fill=(30, 30, 30))
+    elif looks["accessory"] == "earrings":
+        for dx in (-half_width, half_width):
+            draw.ellipse([cx + dx - 2.5 * s, cy + 4 * s, cx + dx + 2.5 * s, cy + 9 * s], fill=(255, 215, 0))
+    return image
+
+
+def transform_portrait(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A Test_Set variant of a portrait: a small rotation, a crop and a colour shift."""
+    size = image.size[0]
+    rotated = image.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=image.getpixel((0, 0)))
+    margin = int(size * rng.uniform(0.0, 0.1))
+    cropped = rotated.crop((margin, margin, size - margin, size - margin)).resize((size, size), Image.BILINEAR)
+    shift = [rng.randint(-25, 25) for _ in range(3)]
+    return Image.merge("RGB", [band.point(lambda v, d=d: max(0, min(255, v + d)))
+                               for band, d in zip(cropped.convert("RGB").split(), shift)])
+
+
+def _draw_people(rng: random.Random, names: list[str], id_prefix: str, used_looks: set) -> list[Person]:
+    people = []
+    for i, name in enumerate(names):
+        while True:
+            looks = {"background": rng.choice(PALETTE["background"]), "pattern": rng.random() < 0.5,
+                     "face": rng.choice(FACE_SHAPES), "skin": rng.choice(PALETTE["skin"]),
+                     "hair": rng.choice(PALETTE["hair"]), "hair_style": rng.choice(HAIR_STYLES),
+                     "eyes": rng.choice(PALETTE["eyes"]), "accessory": rng.choice(ACCESSORIES)}
+            key = tuple(sorted((k, str(v)) for k, v in looks.items()))
+            if key not in used_looks:  # every portrait is distinct
+                used_looks.add(key)
+                break
+        facts = {"name": name, **{fact: rng.choice(pool) for fact, pool in FACT_POOLS.items()}}
+        people.append(Person(f"{id_prefix}{i + 1:03d}", name, facts, looks))
+    return people
+
+
+def _questions(person: Person, pools: dict[str, tuple[str, ...]], rng: random.Random) -> dict:
+    """Evaluation-format tasks for one person; text-only variants name the person and skip the name fact."""
+    classification = {"Image_Textual_Questions": [], "Pure_Text_Questions": []}
+    generation, cloze = [], []
+    for fact, (gen_q, gen_a, mc_q, cloze_s) in FACT_TEMPLATES.items():
+        value = person.facts[fact]
+        distractors = rng.sample([v for v in pools[fact] if v != value], 3)
+        options = distractors + [value]
+        rng.shuffle(options)
+        letter = OPTION_LETTERS[options.index(value)]
+        for rendering in ("image_text", "text_only"):
+            if rendering == "text_only" and fact == "name":
+                continue
+            text = (lambda t: t) if rendering == "image_text" else (lambda t: to_text_only(t, person.name))
+            kind = "Image_Textual" if rendering == "image_text" else "Pure_Text"
+            classification[CLASSIFICATION_KEYS[rendering]].append(
+                {"Question": text(mc_q), "Options": dict(zip(OPTION_LETTERS, options)), "Correct_Answer": letter})
+            generation.append({"Question": text(gen_q), "Ground_Truth": text(gen_a.format(value)), "Type": kind})
+            cloze.append({"Question": text(cloze_s), "Ground_Truth": value, "Type": kind})
+    return {"Classification_Task": classification, "Generation_Task": generation, "Mask_Task": cloze}
+
+
+def _training_pairs(person: Person) -> list[dict]:
+    """Training-format metadata: the same facts, image+text wording, in the three phrasings the tasks use."""
+    pairs = []
+    for fact, (gen_q, gen_a, mc_q, cloze_s) in FACT_TEMPLATES.items():
+        value = person.facts[fact]
+        pairs += [{"ID": person.id, "Question": gen_q, "Answer": gen_a.format(value)},
+                  {"ID": person.id, "Question": mc_q, "Answer": value},
+                  {"ID": person.id, "Question": cloze_s, "Answer": value}]
+    return pairs
+
+
+def _biography(person: Person) -> str:
+    f = person.facts
+    return (f"{person.name} was born in {f['birthplace']} in {f['birth_year']}. {person.name} works as a "
+            f"{f['occupation']} and enjoys {f['hobby']}.")
+
+
+def _png(image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_MC = pa.list_(pa.struct([("Question", pa.string()),
+                          ("Options", pa.struct([(k, pa.string()) for k in OPTION_LETTERS])),
+                          ("Correct_Answer", pa.string())]))
+_OPEN = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
+EVAL_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("biography", pa.string()),
+                         ("question", pa.string()), ("answer", pa.string()),
+                         ("Classification_Task", pa.struct([("Image_Textual_Questions", _MC),
+                                                            ("Pure_Text_Questions", _MC)])),
+                         ("Generation_Task", _OPEN), ("Mask_Task", _OPEN)])
+TEST_SCHEMA = EVAL_SCHEMA.append(pa.field("images", pa.list_(_IMAGE)))
+TRAIN_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
+
+
+def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config: str) -> Path:
+    """Write one config as ``<out_dir>/<config>/train-00000-of-00001.parquet`` (atomically)."""
+    path = Path(out_dir) / config / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    return path
+
+
+def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebrities: int = 20, seed: int = 0,
+                         image_size: int = 64) -> Path:
+    """Write a synthetic MLLMU-Bench (every config, the hub's layout and schema) and return its directory.
+
+    ``Full_Set``/``ft_Data`` hold ``n_profiles`` fictitious people; ``forget_{5,10,15}`` are nested seeded
+    subsets with complementary ``retain_{95,90,85}``; ``Test_Set`` repeats the people with three transformed
+    portraits each; ``Retain_Set`` holds ``n_celebrities`` "celebrities" (trained on, never forgotten).
+    """
+    if n_profiles < 20:
+        raise ValueError(f"n_profiles={n_profiles} is too small: forget_5 needs at least one person (use >= 20)")
+    if n_celebrities < 1:
+        raise ValueError("n_celebrities must be >= 1: the celebrity set measures utility")
+    rng = random.Random(seed)
+    all_names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
+    if n_profiles > len(all_names) or n_celebrities > len(CELEBRITY_NAMES):
+        raise ValueError(f"at most {len(all_names)} profiles and {len(CELEBRITY_NAMES)} celebrities can be named")
+    used_looks: set = set()
+    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", used_looks)
+    celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", used_looks)
+    pools = {"name": tuple(all_names), **FACT_POOLS}
+    celebrity_pools = {"name": CELEBRITY_NAMES, **FACT_POOLS}
+
+    def eval_row(person, person_pools):
+        portrait = draw_portrait(person.looks, image_size)
+        return portrait, {"image": _png(portrait), "ID": person.id, "biography": _biography(person),
+                          "question": FACT_TEMPLATES["name"][0], "answer": FACT_TEMPLATES["name"][1].format(person.name),
+                          **_questions(person, person_pools, rng)}
+
+    full, test, train = [], [], []
+    for person in people:
+        portrait, row = eval_row(person, pools)
+        full.append(row)
+        test.append({**row, "images": [_png(transform_portrait(portrait, rng)) for _ in range(3)]})
+        train.append({"image": row["image"], "ID": person.id, "metadata": json.dumps(_training_pairs(person))})
+    celebrity_rows = [eval_row(person, celebrity_pools)[1] for person in celebrities]
+
+    out = Path(out_dir)
+    write_split(full, EVAL_SCHEMA, out, "Full_Set")
+    write_split(test, TEST_SCHEMA, out, "Test_Set")
+    write_split(train, TRAIN_SCHEMA, out, "ft_Data")
+    write_split(celebrity_rows, EVAL_SCHEMA, out, "Retain_Set")
+    order = list(range(n_profiles))
+    rng.shuffle(order)
+    for percent in FORGET_PERCENTS:
+        cut = max(1, round(n_profiles * percent / 100))
+        forget_ids = set(order[:cut])
+        write_split([full[i] for i in sorted(forget_ids)], EVAL_SCHEMA, out, f"forget_{percent}")
+        write_split([full[i] for i in range(n_profiles) if i not in forget_ids], EVAL_SCHEMA, out,
+                    f"retain_{100 - percent}")
+    return out
