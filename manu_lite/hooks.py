@@ -1,0 +1,210 @@
+"""Find the MLP neurons of a multimodal LLM and record their activations.
+
+A *neuron* is one unit of an MLP's intermediate layer. For a Llama-style MLP
+``down_proj(act(gate_proj x) * up_proj x)`` the neuron activations are the **input of** ``down_proj``; for a
+CLIP/ViT-style MLP ``fc2(act(fc1 x))`` they are the input of ``fc2``. A :class:`NeuronSite` names one such MLP
+(``"language.3.down_proj"``, ``"vision.1.fc2"``), and :func:`record_neurons` attaches a forward pre-hook to its
+output projection, in the spirit of TransformerLens' hook points, as a context manager that always cleans up.
+
+Sites are found by *structure*, not by hard-coded paths, so the same code serves LLaVA, Qwen2-VL, Idefics2/3 and
+other ``transformers`` MLLMs::
+
+    sites = find_sites(model)                      # [NeuronSite('language.0.down_proj', width=11008), ...]
+    with record_neurons(model, sites, lambda site, acts: print(site.name, acts.shape)):
+        model(**inputs)
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .config import POSITIONS, TOWERS
+
+# The two MLP shapes we know: (input projections, output projection). Order matters: gated first.
+MLP_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("gate_proj", "up_proj"), "down_proj"),
+    (("fc1",), "fc2"),
+)
+# Path components marking the vision tower (CLIP "vision_tower", Idefics "vision_model", Qwen2-VL "visual").
+_VISION_PART = re.compile(r"vision|visual", re.IGNORECASE)
+# Modules *between* the towers: LLaVA's multi_modal_projector, Idefics' connector (with its perceiver resampler,
+# whose layers hold gate/up/down MLPs), Qwen2-VL's visual.merger. They are not tower neurons.
+_BRIDGE_PART = re.compile(r"projector|connector|merger|resampler|perceiver|adapter", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class NeuronSite:
+    """One MLP whose intermediate units are scored and pruned.
+
+    tower:    ``"language"`` or ``"vision"``.
+    layer:    index of the decoder/encoder layer that holds the MLP.
+    mlp:      the MLP module itself.
+    in_projs: attribute names of the projections that *produce* the neurons, e.g. ``("gate_proj", "up_proj")``.
+    out_proj: attribute name of the projection that *reads* the neurons, e.g. ``"down_proj"``; its input,
+              of shape ``[..., width]``, is what :func:`record_neurons` reports.
+    width:    number of neurons (the intermediate size).
+    path:     the module path of ``mlp`` in the model (informational).
+    """
+
+    tower: str
+    layer: int
+    mlp: nn.Module
+    in_projs: tuple[str, ...]
+    out_proj: str
+    width: int
+    path: str = ""
+
+    def __post_init__(self):
+        if self.tower not in TOWERS:
+            raise ValueError(f"NeuronSite tower {self.tower!r} is unknown; use one of {TOWERS}")
+        for attr in (*self.in_projs, self.out_proj):
+            if not isinstance(getattr(self.mlp, attr, None), nn.Module):
+                raise ValueError(f"NeuronSite {self.name!r}: the MLP {type(self.mlp).__name__} has no submodule "
+                                 f"{attr!r}; in_projs/out_proj must name its projection attributes")
+
+    @property
+    def name(self) -> str:
+        """``"{tower}.{layer}.{out_proj}"``, the key used by statistics, scores and masks."""
+        return f"{self.tower}.{self.layer}.{self.out_proj}"
+
+    @property
+    def out_module(self) -> nn.Module:
+        return getattr(self.mlp, self.out_proj)
+
+    @property
+    def in_modules(self) -> tuple[nn.Module, ...]:
+        return tuple(getattr(self.mlp, p) for p in self.in_projs)
+
+    def __repr__(self) -> str:
+        where = f", path={self.path!r}" if self.path else ""
+        return f"NeuronSite({self.name!r}, width={self.width}{where})"
+
+
+def site_tower(name: str) -> str:
+    """The tower of a site name such as ``"vision.1.fc2"``."""
+    return name.split(".", 1)[0]
+
+
+def site_layer(name: str) -> int:
+    """The layer index of a site name such as ``"vision.1.fc2"``."""
+    return int(name.split(".")[1])
+
+
+def _width(module: nn.Module) -> int | None:
+    width = getattr(module, "in_features", None)  # nn.Linear and quantized subclasses (bitsandbytes) keep it
+    return int(width) if width is not None else None
+
+
+def _match_layout(module: nn.Module) -> tuple[tuple[str, ...], str] | None:
+    """The (in_projs, out_proj) layout of an MLP module, or None when it is not one of ours."""
+    for in_projs, out_proj in MLP_LAYOUTS:
+        parts = [getattr(module, a, None) for a in (*in_projs, out_proj)]
+        if all(isinstance(p, nn.Module) and _width(p) is not None for p in parts):
+            return in_projs, out_proj
+    return None
+
+
+def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[NeuronSite]:
+    """Every MLP neuron site of ``model`` in the given towers, ordered by (tower, layer).
+
+    An MLP is a module with ``gate_proj``/``up_proj``/``down_proj`` children or ``fc1``/``fc2`` children. Its
+    tower is ``"vision"`` when a component of its path mentions vision/visual, else ``"language"``; its layer is
+    the last integer in its path (the index in the decoder/encoder layer list). MLPs of the bridge between the
+    towers (projector, connector, merger, perceiver resampler) are excluded, as are MLPs outside a layer list.
+
+    Raises ``ValueError`` when nothing is found (listing what was examined) or when two MLPs would share a name.
+    """
+    towers = tuple(towers)
+    for tower in towers:
+        if tower not in TOWERS:
+            raise ValueError(f"unknown tower {tower!r}; choose from {TOWERS}")
+    sites: dict[str, NeuronSite] = {}
+    examined: list[str] = []
+    for path, module in model.named_modules():
+        layout = _match_layout(module)
+        if layout is None:
+            continue
+        examined.append(f"{path} ({type(module).__name__})")
+        parts = path.split(".")
+        if any(_BRIDGE_PART.search(p) for p in parts):
+            continue
+        layers = [int(p) for p in parts if p.isdigit()]
+        if not layers:
+            continue
+        tower = "vision" if any(_VISION_PART.search(p) for p in parts) else "language"
+        if tower not in towers:
+            continue
+        in_projs, out_proj = layout
+        site = NeuronSite(tower=tower, layer=layers[-1], mlp=module, in_projs=in_projs, out_proj=out_proj,
+                          width=_width(getattr(module, out_proj)), path=path)
+        if site.name in sites:
+            raise ValueError(f"two MLPs map to the site name {site.name!r}: {sites[site.name].path!r} and "
+                             f"{path!r}; pass sites=[NeuronSite(...)] by hand with distinct layers")
+        sites[site.name] = site
+    if not sites:
+        seen = "\n  ".join(examined) or "(no module has gate_proj/up_proj/down_proj or fc1/fc2 children)"
+        raise ValueError(
+            f"no MLP neuron sites found in {type(model).__name__} for towers {towers}. MLP-like modules examined:\n  "
+            f"{seen}\nRegister sites by hand, e.g. sites=[NeuronSite(tower='language', layer=0, "
+            "mlp=model.model.layers[0].mlp, in_projs=('gate_proj', 'up_proj'), out_proj='down_proj', width=11008)]")
+    return sorted(sites.values(), key=lambda s: (TOWERS.index(s.tower), s.layer, s.name))
+
+
+@contextlib.contextmanager
+def record_neurons(model: nn.Module, sites: Iterable[NeuronSite],
+                   fn: Callable[[NeuronSite, torch.Tensor], None]) -> Iterator[list[NeuronSite]]:
+    """Call ``fn(site, activations)`` whenever a site's output projection runs, inside the ``with`` block.
+
+    ``activations`` is the input of ``out_proj``, shape ``[..., width]`` (``[B, T, width]`` in the language
+    model, ``[n_images, patches, width]`` or ``[patches, width]`` in a vision tower). ``fn`` must not modify it.
+    Hooks are forward *pre*-hooks on ``out_proj``; they are removed on exit, also when the block raises.
+    """
+    sites = list(sites)
+    owned = {id(m) for m in model.modules()}
+    strangers = [s.name for s in sites if id(s.mlp) not in owned]
+    if strangers:
+        raise ValueError(f"sites {strangers} belong to another model instance; call find_sites(model) on this one")
+    handles = []
+    try:
+        for site in sites:
+            # Bind the site now: a closure over the loop variable would see only the last site.
+            def hook(module, args, site=site):
+                fn(site, args[0])
+            handles.append(site.out_module.register_forward_pre_hook(hook))
+        yield sites
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_mask_from_batch(batch: Mapping[str, torch.Tensor], positions: str) -> torch.Tensor:
+    """Which token positions of a batch feed the language-model statistics, as a bool ``[B, T]`` tensor.
+
+    ``"all"``:    every non-padding position (``attention_mask``; every position when there is none).
+    ``"recall"``: positions ``t`` whose *next* token is an answer token, ``labels[:, t + 1] != -100`` — the
+                  positions whose prediction recalls the fact — restricted to non-padding positions.
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
+    input_ids = batch.get("input_ids")
+    if input_ids is None:
+        raise ValueError("the batch has no 'input_ids'; a batch is a dict of model inputs plus 'labels'")
+    attention = batch.get("attention_mask")
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention is None else attention.bool()
+    if positions == "all":
+        return mask
+    labels = batch.get("labels")
+    if labels is None:
+        raise ValueError("positions='recall' needs 'labels' in the batch (-100 everywhere except answer tokens); "
+                         "add them or use positions='all'")
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}; "
+                         "they must align token by token")
+    recall = torch.zeros_like(mask)
+    recall[:, :-1] = labels[:, 1:] != -100
+    return recall & mask

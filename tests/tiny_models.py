@@ -1,0 +1,123 @@
+"""Tiny random-init MLLMs of real ``transformers`` classes, with hand-built batches (no processor, no hub).
+
+Each builder returns ``(model, make_batch)``; ``make_batch(batch_size, seq_len, seed, image=True)`` returns a
+batch dict of model inputs plus ``labels`` (-100 except a few answer tokens at the end, before any padding),
+with right padding of varying length so that padding handling is exercised. Image tokens are placed in
+``input_ids`` as the models expect in transformers 5 (the processor would have expanded them).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+VOCAB = 128
+IMAGE_TOKEN = 120
+PAD = 0
+ANSWER_LEN = 4
+_TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, pad_token_id=PAD)
+_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+               patch_size=8)
+
+
+def _text_batch(batch_size, seq_len, seed, image_tokens: int, prefix: list[int] = ()):
+    """input_ids/attention_mask/labels [B, T]: [prefix, image tokens, question, answer, padding]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (batch_size, seq_len), generator=g)
+    attention = torch.ones(batch_size, seq_len, dtype=torch.long)
+    labels = torch.full((batch_size, seq_len), -100)
+    start = len(prefix)
+    for b in range(batch_size):
+        length = seq_len - (b % 3) * 2  # rows 1, 2 (mod 3) are right-padded
+        ids[b, :start] = torch.tensor(list(prefix), dtype=torch.long)
+        ids[b, start:start + image_tokens] = IMAGE_TOKEN
+        ids[b, length:] = PAD
+        attention[b, length:] = 0
+        labels[b, length - ANSWER_LEN:length] = ids[b, length - ANSWER_LEN:length]
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}, g
+
+
+def tiny_llava(seed: int = 0):
+    """LLaVA: Llama text (hidden 64, 2 layers, MLP 256) + CLIP vision (hidden 32, 2 layers, 32 px, patch 8)."""
+    torch.manual_seed(seed)
+    config = LlavaConfig(text_config=LlamaConfig(**_TEXT), vision_config=CLIPVisionConfig(**_VISION),
+                         image_token_index=IMAGE_TOKEN, vision_feature_select_strategy="default",
+                         vision_feature_layer=-2)
+    model = LlavaForConditionalGeneration(config).eval()
+    n_image_tokens = (32 // 8) ** 2  # "default" strategy drops CLS
+
+    def make_batch(batch_size=4, seq_len=32, seed=0, image=True):
+        batch, g = _text_batch(batch_size, seq_len, seed, n_image_tokens if image else 0)
+        if image:
+            batch["pixel_values"] = torch.randn(batch_size, 3, 32, 32, generator=g)
+        return batch
+
+    return model, make_batch
+
+
+def tiny_qwen2_vl(seed: int = 0):
+    """Qwen2-VL: Qwen2 text (hidden 64, 2 layers, MLP 256) + its vision blocks (embed 32, fc1/fc2 MLP 64)."""
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=IMAGE_TOKEN, vision_start_token_id=121, vision_end_token_id=122, video_token_id=123)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    grid = (1, 4, 4)  # t, h, w patches per image; the merger folds 2x2 patches into one token
+    n_image_tokens = grid[1] * grid[2] // 4
+
+    def make_batch(batch_size=4, seq_len=32, seed=0, image=True):
+        batch, g = _text_batch(batch_size, seq_len, seed, n_image_tokens if image else 0, prefix=[5, 121] if image
+                               else [5])
+        if image:
+            batch["input_ids"][:, 2 + n_image_tokens] = 122
+            batch["pixel_values"] = torch.randn(batch_size * grid[1] * grid[2], 3 * 2 * 4 * 4, generator=g)
+            batch["image_grid_thw"] = torch.tensor([grid] * batch_size)
+            batch["mm_token_type_ids"] = (batch["input_ids"] == IMAGE_TOKEN).int()
+        return batch
+
+    return model, make_batch
+
+
+def _idefics(config_cls, model_cls, seed, **extra):
+    torch.manual_seed(seed)
+    config = config_cls(text_config=dict(model_type="llama", **_TEXT), vision_config=_VISION,
+                        image_token_id=IMAGE_TOKEN, **extra)
+    model = model_cls(config).eval()
+
+    def make_batch(batch_size=4, seq_len=32, seed=0, image=True):
+        batch, g = _text_batch(batch_size, seq_len, seed, 4 if image else 0, prefix=[5])
+        if image:
+            batch["pixel_values"] = torch.randn(batch_size, 1, 3, 32, 32, generator=g)
+        return batch
+
+    return model, make_batch
+
+
+def tiny_idefics3(seed: int = 0):
+    """Idefics3: Llama text + SigLIP-style vision (32 px, patch 8: 16 patches, pixel shuffle 2 -> 4 tokens)."""
+    return _idefics(Idefics3Config, Idefics3ForConditionalGeneration, seed, scale_factor=2)
+
+
+def tiny_idefics2(seed: int = 0):
+    """Idefics2: Llama text + vision + a perceiver connector with 4 latents (-> 4 image tokens)."""
+    return _idefics(Idefics2Config, Idefics2ForConditionalGeneration, seed,
+                    perceiver_config=dict(hidden_size=64, resampler_n_latents=4, resampler_depth=1,
+                                          resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1))
+
+
+BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "idefics3": tiny_idefics3, "idefics2": tiny_idefics2}
