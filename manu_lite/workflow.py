@@ -1,0 +1,83 @@
+"""The runs behind the command line and the notebooks: build the tiny world, train, evaluate, report.
+
+Notebooks call these so that no logic lives in cells; each step works on the tiny profile and on real data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import World, load_world, make_synthetic_bench
+from .evaluate import EvalConfig, Results, evaluate
+from .finetune import TrainConfig, cache_dir, vanilla_model
+
+# The embedded default world: small enough to train on two CPU cores in about a minute.
+TINY_PROFILES = 50
+TINY_CELEBRITIES = 10
+# The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
+TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
+
+__all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "demo", "format_table"]
+
+
+def make_world_data(out: Path, profiles: int | None = None, celebrities: int | None = None, seed: int = 0) -> Path:
+    """Write the synthetic bench of the tiny world into ``out``."""
+    return make_synthetic_bench(out, n_profiles=profiles or TINY_PROFILES, n_celebrities=celebrities or TINY_CELEBRITIES,
+                                seed=seed)
+
+
+def tiny_world(out: Path, forget: str = "forget_10", profiles: int | None = None, seed: int = 0) -> World:
+    """The tiny world under ``out/bench`` (written on first use)."""
+    bench = Path(out) / "bench"
+    if not (bench / "ft_Data").exists():
+        make_world_data(bench, profiles=profiles, seed=seed)
+    return load_world(str(bench), forget)
+
+
+def world_for(args) -> World:
+    """The world a command line asks for: ``--data`` if given, else the synthetic bench under ``--out``."""
+    if args.data:
+        return load_world(args.data, args.forget, seed=args.seed)
+    return tiny_world(Path(args.out), args.forget, args.profiles, args.seed)
+
+
+def tiny_vanilla(world: World, seed: int = 0, progress: bool = True):
+    """The tiny vanilla model of ``world`` (cached): ``(model, processor, adapter)``."""
+    return vanilla_model(world, config=TrainConfig(seed=seed), progress=progress)
+
+
+def evaluate_model(world: World, args) -> Results:
+    """``manu-lite evaluate``: the tiny vanilla model or a named checkpoint, on every set."""
+    if args.model == "tiny":
+        model, processor, adapter = tiny_vanilla(world, args.seed)
+        config = EvalConfig(**{**TINY_EVAL.__dict__, "mc_protocol": args.protocol, "few_shot": args.few_shot})
+    else:
+        from .models import load_mllm
+
+        model, processor, adapter = load_mllm(args.model)
+        config = EvalConfig(mc_protocol=args.protocol, few_shot=args.few_shot, seed=args.seed)
+    results = evaluate(model, processor, adapter, world, config, method=args.model if args.model != "tiny" else "vanilla")
+    results.save(Path(args.out) / "results.json")
+    return results
+
+
+def demo(world: World, args) -> Results:
+    """``manu-lite demo``: the vanilla model of the tiny world, evaluated, with a results figure."""
+    model, processor, adapter = tiny_vanilla(world, args.seed)
+    results = evaluate(model, processor, adapter, world, TINY_EVAL)
+    out = Path(args.out)
+    results.save(out / "results.json")
+    from .viz import plot_results
+
+    plot_results(results, out / "results.png")
+    return results
+
+
+def format_table(results: Results) -> str:
+    """Percentages per method, one block per set: rows = methods, columns = task × rendering."""
+    table = results.table()
+    blocks = []
+    for set_name in dict.fromkeys(table.columns.get_level_values(0)):
+        block = table[set_name]
+        block.columns = [f"{task} {'img+txt' if rendering == 'image_text' else 'text'}" for task, rendering in block.columns]
+        blocks.append(f"== {set_name} ==\n{block.to_string()}")
+    return "\n\n".join(blocks)
