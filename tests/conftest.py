@@ -1,0 +1,48 @@
+"""Shared fixtures: a very small synthetic world and its vanilla model, built once per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a model hub, and they use their own model cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def small_bench(tmp_path_factory):
+    """A synthetic MLLMU-Bench with 20 fictitious people and 4 celebrities (hub layout, real parquet)."""
+    from manu_lite.data import make_synthetic_bench
+
+    return make_synthetic_bench(tmp_path_factory.mktemp("bench"), n_profiles=20, n_celebrities=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_world(small_bench):
+    from manu_lite.data import load_world
+
+    return load_world(str(small_bench), "forget_10")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model-cache")
+    previous = os.environ.get("MANU_LITE_CACHE")
+    os.environ["MANU_LITE_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("MANU_LITE_CACHE", None)
+    else:
+        os.environ["MANU_LITE_CACHE"] = previous
+
+
+SMALL_TRAIN = dict(epochs=12, lr=2e-3, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def small_vanilla(small_world, model_cache):
+    """The tiny LLaVA memorizing ``small_world`` (a few seconds of training, cached for the session)."""
+    from manu_lite.finetune import TrainConfig, vanilla_model
+
+    return vanilla_model(small_world, config=TrainConfig(**SMALL_TRAIN), progress=False)
