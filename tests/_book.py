@@ -23,6 +23,7 @@ BUILD = ROOT / "_build"
 HTML = BUILD / "html"
 EXECUTED = BUILD / "jupyter_execute"  # where myst-nb writes the executed copy of each notebook
 SCREENSHOTS = BUILD / "screenshots"
+BOOK_TITLE = "manu-lite: Modality-Aware Neuron Unlearning, executable"  # as in _config.yml
 
 
 def load_yaml(name: str) -> dict:
@@ -98,7 +99,9 @@ def build_book() -> BuildResult:
     env = dict(os.environ)
     env.setdefault("MANU_PROFILE", "tiny")     # the book is the CPU world, even on a machine with a GPU
     env.setdefault("HF_HUB_OFFLINE", "1")      # nothing in the build may download
-    env.setdefault("MPLBACKEND", "Agg")
+    # Kernels must use matplotlib's inline backend: with MPLBACKEND=Agg inherited from a CI shell, plt.show() in a
+    # notebook displays nothing and the chapter silently loses its figures.
+    env.pop("MPLBACKEND", None)
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     start = time.monotonic()
     proc = subprocess.run(

@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from _book import HTML, ROOT, SCREENSHOTS, build_book, html_of, toc_entries
-
-BOOK_TITLE = "manu-lite: Modality-Aware Neuron Unlearning, executable"
+from _book import BOOK_TITLE, HTML, ROOT, SCREENSHOTS, build_book, html_of, toc_entries
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)
 
@@ -129,15 +127,19 @@ def _render(page: Path, shot: Path) -> tuple[str, str]:
     probe.write_text(src.replace("</body>", PROBE + "</body>", 1) if "</body>" in src else src + PROBE,
                      encoding="utf-8")
     try:
-        with tempfile.TemporaryDirectory(prefix="manu-chromium-") as profile_dir:
-            proc = subprocess.run(
-                [CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "--dump-dom", f"--screenshot={shot}",
-                 probe.as_uri()],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
-            )
+        proc = _chromium(probe.as_uri(), shot)
     finally:
         probe.unlink(missing_ok=True)
     return proc.stdout, proc.stderr
+
+
+def _chromium(url: str, shot: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium with a throw-away profile: the DOM after the virtual time budget, and a screenshot."""
+    with tempfile.TemporaryDirectory(prefix="manu-chromium-") as profile_dir:
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "--dump-dom", f"--screenshot={shot}", url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -159,14 +161,7 @@ def rendered():
 
 def _index_redirect_target() -> str:
     """Open index.html in Chromium and return the location it ends up at (the root page)."""
-    with tempfile.TemporaryDirectory(prefix="manu-chromium-") as profile_dir:
-        shot = SCREENSHOTS / "index.png"
-        proc = subprocess.run(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "--dump-dom", f"--screenshot={shot}",
-             (HTML / "index.html").as_uri()],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
-        )
-    return proc.stdout
+    return _chromium((HTML / "index.html").as_uri(), SCREENSHOTS / "index.png").stdout
 
 
 def _probe_report(dom: str, entry: str, stderr: str) -> dict:

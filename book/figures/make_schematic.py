@@ -78,16 +78,16 @@ def neuron_grid(ax, x, y, w, h, rows, cols, pruned, seed, title, title_color, la
 
 def draw(out: Path, dpi: int = 150) -> Path:
     plt.rcParams.update({"font.family": "DejaVu Sans"})
-    fig = plt.figure(figsize=(13.0, 5.6))
+    fig = plt.figure(figsize=(8.6, 8.6 * 0.56 / 1.3))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, 1.3)
     ax.set_ylim(0, 0.56)
     ax.axis("off")
 
     # Column titles.
-    for xc, t in [(0.145, "1  Two renderings"), (0.52, "2  Record MLP neurons in both towers"),
+    for xc, t in [(0.145, "1  Two renderings"), (0.52, "2  Record neurons in both towers"),
                   (1.05, "3  Score and prune")]:
-        ax.text(xc, 0.535, t, ha="center", va="center", fontsize=12.5, weight="bold")
+        ax.text(xc, 0.535, t, ha="center", va="center", fontsize=11, weight="bold")
 
     # --- Column 1: forget / retain examples in two renderings ---------------------------------------------------
     box(ax, 0.01, 0.275, 0.25, 0.235, fc="#fdedec", ec=FORGET, lw=1.5)
@@ -96,8 +96,8 @@ def draw(out: Path, dpi: int = 150) -> Path:
     ax.text(0.105, 0.445, "Where was this\nperson born?", fontsize=8.8, va="center", color=MULTI)
     ax.text(0.105, 0.405, "image + text", fontsize=8, style="italic", color=MULTI, va="center")
     ax.text(0.02, 0.335, "Where was Amelia\nKuznetsov born?", fontsize=8.8, va="center", color=TEXT)
-    ax.text(0.02, 0.292, "text only (name, no image)", fontsize=8, style="italic", color=TEXT, va="center")
-    ax.text(0.205, 0.36, "→ Riga", fontsize=9.5, va="center", weight="bold")
+    ax.text(0.02, 0.292, "text only (named)", fontsize=8, style="italic", color=TEXT, va="center")
+    ax.text(0.252, 0.378, "→ Riga", fontsize=9, va="center", ha="right", weight="bold")
 
     box(ax, 0.01, 0.02, 0.25, 0.235, fc="#eaf2f8", ec=RETAIN, lw=1.5)
     ax.text(0.02, 0.235, "retain set  $D_r$", color=RETAIN, fontsize=10.5, weight="bold", va="center")
@@ -106,14 +106,14 @@ def draw(out: Path, dpi: int = 150) -> Path:
     ax.text(0.105, 0.15, "image + text", fontsize=8, style="italic", color=MULTI, va="center")
     ax.text(0.02, 0.08, "What is Noah\nLindqvist's job?", fontsize=8.8, va="center", color=TEXT)
     ax.text(0.02, 0.037, "text only", fontsize=8, style="italic", color=TEXT, va="center")
-    ax.text(0.19, 0.105, "→ pilot", fontsize=9.5, va="center", weight="bold")
+    ax.text(0.252, 0.122, "→ pilot", fontsize=9, va="center", ha="right", weight="bold")
 
     # --- Column 2: the model with its two towers ---------------------------------------------------------------
     neuron_grid(ax, 0.33, 0.215, 0.12, 0.235, rows=5, cols=4, pruned=2, seed=5,
-                title="vision encoder MLPs", title_color=MULTI, layer_labels=False)
+                title="vision encoder", title_color=MULTI, layer_labels=False)
     box(ax, 0.47, 0.285, 0.05, 0.095, "proj.", fontsize=9)
     neuron_grid(ax, 0.55, 0.215, 0.22, 0.235, rows=5, cols=8, pruned=5, seed=8,
-                title="language model MLPs", title_color=GREY)
+                title="language model", title_color=GREY)
     arrow(ax, 0.45, 0.353, 0.47, 0.353)
     arrow(ax, 0.52, 0.353, 0.55, 0.353)
     # Both sets, both renderings, go through the same model: image patches into the vision tower,
@@ -122,23 +122,22 @@ def draw(out: Path, dpi: int = 150) -> Path:
     ax.plot([0.262, 0.29], [0.14, 0.14], color=GREY, lw=1.6)
     ax.plot([0.29, 0.29], [0.14, 0.39], color=GREY, lw=1.6)
     arrow(ax, 0.29, 0.353, 0.33, 0.353, color=MULTI)
-    ax.text(0.31, 0.36, "image", color=MULTI, fontsize=8.5, ha="center", va="bottom")
-    ax.plot([0.29, 0.66], [0.19, 0.19], color=TEXT, lw=1.6)
-    arrow(ax, 0.66, 0.19, 0.66, 0.215, color=TEXT)
-    ax.text(0.47, 0.197, "text tokens (both renderings)", color=TEXT, fontsize=8.5, ha="center", va="bottom")
-    box(ax, 0.33, 0.02, 0.44, 0.135,
-        "streamed per neuron, per (dataset, rendering):\n"
+    ax.text(0.309, 0.36, "image", color=MULTI, fontsize=7.5, ha="center", va="bottom")
+    ax.plot([0.29, 0.66], [0.175, 0.175], color=TEXT, lw=1.6)
+    arrow(ax, 0.66, 0.175, 0.66, 0.215, color=TEXT)
+    ax.text(0.46, 0.18, "text tokens (both renderings)", color=TEXT, fontsize=8.5, ha="center", va="bottom")
+    box(ax, 0.33, 0.02, 0.44, 0.125,
+        "per neuron, per (dataset, rendering):\n"
         "count,  \u03a3|a|,  \u03a3a,  \u03a3a\u00b2,  #{|a| > \u03c4}\n"
-        "O(neurons) memory, mergeable across batches and GPUs\n"
-        "neuron = one hidden unit of an MLP (input of down_proj / fc2)",
+        "neuron = input unit of down_proj / fc2",
         fc="white", ec=GREY, fontsize=9.0)
-    arrow(ax, 0.735, 0.215, 0.735, 0.157, ls="--")
+    arrow(ax, 0.735, 0.215, 0.735, 0.147, ls="--")
 
     # --- Column 3: score and prune -------------------------------------------------------------------------------
     box(ax, 0.83, 0.30, 0.44, 0.2, fc="white", ec=GREY)
     ax.text(1.05, 0.47, "importance of neuron $n$ on a dataset $D$", ha="center", fontsize=9.5)
     ax.text(1.05, 0.425, r"$I(D,n)=I_{abs}+I_{freq}+I_{var}+I_{rms}$", ha="center", fontsize=12)
-    ax.text(1.05, 0.375, "contrasting image+text vs text-only activations", ha="center", fontsize=8.8,
+    ax.text(1.05, 0.375, "each term contrasts image+text vs text-only", ha="center", fontsize=8.8,
             color=GREY)
     ax.text(1.05, 0.33, r"$S_n = \dfrac{I(D_f,n)}{I(D_r,n)+\epsilon}$   prune top $\alpha\%$", ha="center",
             fontsize=12.5, color=FORGET)
@@ -147,7 +146,7 @@ def draw(out: Path, dpi: int = 150) -> Path:
     # Bar chart of scores with a threshold.
     rng = np.random.default_rng(1)
     scores = np.sort(rng.gamma(2.0, 1.0, 24))[::-1]
-    bx0, by0, bw, bh = 0.86, 0.075, 0.40, 0.17
+    bx0, by0, bw, bh = 0.86, 0.1, 0.40, 0.15
     smax = scores.max()
     for i, s in enumerate(scores):
         col = FORGET if i < 4 else "#aab7b8"
@@ -155,10 +154,10 @@ def draw(out: Path, dpi: int = 150) -> Path:
     thr = by0 + bh * (scores[3] + scores[4]) / 2 / smax
     ax.plot([bx0 - 0.005, bx0 + bw], [thr, thr], ls="--", color=FORGET, lw=1.2)
     ax.text(bx0 + bw, thr + 0.008, r"top $\alpha\%$", color=FORGET, fontsize=9, ha="right", va="bottom")
-    ax.text(bx0 + bw / 2, by0 - 0.022, "neurons sorted by $S_n$", ha="center", fontsize=9, color=GREY)
+    ax.text(bx0 + bw / 2, by0 - 0.02, "neurons sorted by $S_n$", ha="center", fontsize=8.5, color=GREY)
     arrow(ax, 1.05, 0.30, 1.05, 0.255)
-    ax.text(0.83, 0.027, "zero the pruned neurons' weights (a reversible mask):\n"
-            "forget answers go; retain answers and general ability stay", fontsize=9, va="center", color="black")
+    ax.text(0.83, 0.03, "zero the pruned neurons (a reversible mask):\n"
+            "forget answers go, retain answers stay", fontsize=8.5, va="center", color="black")
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
