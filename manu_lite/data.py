@@ -538,8 +538,9 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
     """
     if n_profiles < 20:
         raise ValueError(f"n_profiles={n_profiles} is too small: forget_5 needs at least one person (use >= 20)")
-    if n_celebrities < 1:
-        raise ValueError("n_celebrities must be >= 1: the celebrity set measures utility")
+    if n_celebrities < 4:
+        raise ValueError(f"n_celebrities={n_celebrities} is too small: the celebrity set measures utility and its "
+                         "name questions need three other celebrities as distractors (use >= 4)")
     rng = random.Random(seed)
     all_names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
     if n_profiles > len(all_names) or n_celebrities > len(CELEBRITY_NAMES):
@@ -547,8 +548,10 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
     used_looks: set = set()
     people = _draw_people(rng, rng.sample(all_names, n_profiles), "", used_looks)
     celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", used_looks)
-    pools = {"name": tuple(all_names), **FACT_POOLS}
-    celebrity_pools = {"name": CELEBRITY_NAMES, **FACT_POOLS}
+    # Name distractors are other people of the same set: names never seen in training would be rarer strings,
+    # which a likelihood scorer could reject without knowing anyone.
+    pools = {"name": tuple(p.name for p in people), **FACT_POOLS}
+    celebrity_pools = {"name": tuple(p.name for p in celebrities), **FACT_POOLS}
 
     def eval_row(person, person_pools):
         portrait = draw_portrait(person.looks, image_size)
