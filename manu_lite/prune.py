@@ -1,0 +1,229 @@
+"""Reversible neuron pruning: a :class:`NeuronMask` applies, restores bit-exactly, saves and loads.
+
+Three modes (``manu_lite.config.PRUNE_MODES``):
+
+``"neuron"``       remove neurons: zero each neuron's *column* of ``down_proj``/``fc2`` (its output) and its *rows*
+                   (and bias entries) of ``gate_proj``/``up_proj``/``fc1`` (its input), so the neuron's activation
+                   is exactly 0 (act(0)·0 = 0 for SiLU-gated MLPs, act(0) = 0 for GELU MLPs) and it writes nothing.
+``"output_rows"``  what the authors' released code does: zero *rows* (and bias entries) of ``down_proj``/``fc2``.
+                   The indices are then **output channels** of the MLP, i.e. residual-stream dimensions
+                   (``< hidden size``), not neurons: every token loses those channels of that layer's MLP output.
+``"activation"``   a forward pre-hook on ``down_proj``/``fc2`` zeroes the neurons' activations; weights are untouched,
+                   so it works on quantized (e.g. 4-bit) models whose weights cannot be edited.
+
+::
+
+    mask = NeuronMask({"language.0.down_proj": torch.tensor([3, 17])})
+    with mask.applied(model):          # or: with mask.apply(model): ...
+        model(**inputs)                # neurons 3 and 17 of language layer 0 are gone
+    mask.save("out/mask")              # out/mask/mask.safetensors + out/mask/mask.json
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import PRUNE_MODES
+from .hooks import NeuronSite, find_sites, site_layer, site_tower
+from .importance import atomic_output, selection_summary
+
+FORMAT = "manu-lite-mask"
+VERSION = 1
+
+
+class NeuronMask:
+    """Which neurons to prune, per site, and how.
+
+    indices: site name (``"language.3.down_proj"``) → 1-D integer indices (stored sorted, unique, int64, CPU).
+    mode:    ``"neuron"``, ``"output_rows"`` or ``"activation"`` (see the module docstring).
+    meta:    free metadata saved with the mask; :meth:`from_sites` fills ``widths`` (site → neuron count, used by
+             :meth:`check_fits`), and callers add ``model_id``, ``config`` (a dict) and ``alpha``.
+
+    A mask is applied to at most one model at a time; :meth:`restore` puts back exactly what :meth:`apply`
+    changed (only the touched rows/columns are copied), also usable as ``with mask.applied(model):``.
+    """
+
+    def __init__(self, indices: Mapping[str, Tensor | Sequence[int]], mode: str = "neuron",
+                 meta: Mapping | None = None):
+        if mode not in PRUNE_MODES:
+            raise ValueError(f"unknown prune mode {mode!r}; choose one of {PRUNE_MODES}")
+        self.indices: dict[str, Tensor] = {}
+        for name, idx in indices.items():
+            try:
+                site_tower(name), site_layer(name)
+            except (IndexError, ValueError):
+                raise ValueError(f"mask key {name!r} is not a site name like 'language.3.down_proj'") from None
+            idx = torch.as_tensor(idx)
+            if idx.dim() != 1 or (idx.numel() and (idx.is_floating_point() or idx.is_complex() or idx.min() < 0)):
+                raise ValueError(f"indices of {name} must be a 1-D tensor of non-negative integers, got "
+                                 f"{idx.dtype} of shape {tuple(idx.shape)}")
+            self.indices[name] = torch.unique(idx.long().cpu())  # unique() also sorts
+        self.mode = mode
+        self.meta = dict(meta or {})
+        self._applied: tuple[nn.Module, list] | None = None
+
+    @classmethod
+    def from_sites(cls, indices: Mapping[str, Tensor], sites: Sequence[NeuronSite], mode: str = "neuron",
+                   **meta) -> "NeuronMask":
+        """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits)."""
+        return cls(indices, mode, {"widths": {s.name: s.width for s in sites}, **meta})
+
+    # ---- bookkeeping ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indices.values())
+
+    @property
+    def is_applied(self) -> bool:
+        return self._applied is not None
+
+    def summary(self) -> dict:
+        """Counts per tower and per site (with the candidates when the widths are known)."""
+        # A width of 0 means unknown (a mask made without from_sites).
+        return selection_summary(self.indices, {**{n: 0 for n in self.indices}, **self.meta.get("widths", {})})
+
+    def __repr__(self) -> str:
+        summary = self.summary()
+        towers = ", ".join(f"{t} {c['selected']}" + (f"/{c['of']}" if c["of"] else "")
+                           for t, c in summary["per_tower"].items())
+        state = ", applied" if self.is_applied else ""
+        return f"NeuronMask(mode={self.mode!r}, {len(self)} {self._unit()}: {towers or 'none'}{state})"
+
+    def _unit(self) -> str:
+        return "output channels" if self.mode == "output_rows" else "neurons"
+
+    # ---- fitting a model ------------------------------------------------------------------------------------
+    def check_fits(self, model: nn.Module) -> dict[str, NeuronSite]:
+        """The model's site for every mask key; ``ValueError`` naming the site when the mask does not fit."""
+        towers = sorted({site_tower(n) for n in self.indices})
+        sites = {s.name: s for s in find_sites(model, towers)} if towers else {}
+        widths = self.meta.get("widths", {})
+        for name, idx in self.indices.items():
+            site = sites.get(name)
+            if site is None:
+                raise ValueError(f"mask site {name!r} is not in this model ({type(model).__name__}); its sites are "
+                                 f"{', '.join(sites) or 'none'}. Was the mask made for another model?")
+            if name in widths and int(widths[name]) != site.width:
+                raise ValueError(f"mask site {name!r} was made for {widths[name]} neurons but the model's has "
+                                 f"{site.width}: the mask belongs to a model of another size")
+            bound = site.out_module.out_features if self.mode == "output_rows" else site.width
+            if len(idx) and int(idx[-1]) >= bound:
+                raise ValueError(f"mask index {int(idx[-1])} at site {name!r} is out of range: it has {bound} "
+                                 f"{self._unit()}" + (" (output_rows indices are residual channels, < hidden size)"
+                                                      if self.mode == "output_rows" else ""))
+        return {name: sites[name] for name in self.indices}
+
+    # ---- apply / restore ------------------------------------------------------------------------------------
+    def _targets(self, site: NeuronSite) -> list[tuple[nn.Module, Tensor, int]]:
+        """(module, tensor, dim) triples whose slices along ``dim`` at the mask indices get zeroed."""
+        out = site.out_module
+        if self.mode == "output_rows":
+            return [(out, t, 0) for t in (out.weight, getattr(out, "bias", None)) if t is not None]
+        targets = [(out, out.weight, 1)]
+        for module in site.in_modules:
+            targets += [(module, t, 0) for t in (module.weight, getattr(module, "bias", None)) if t is not None]
+        return targets
+
+    def apply(self, model: nn.Module) -> "NeuronMask":
+        """Prune ``model`` in place; returns self, so ``with mask.apply(model):`` restores on exit."""
+        if self._applied is not None:
+            raise RuntimeError("this mask is already applied; call restore() first (a mask serves one model at a time)")
+        sites = self.check_fits(model)
+        if self.mode == "activation":
+            handles = []
+            for name, site in sites.items():
+                idx = self.indices[name].to(site.out_module.weight.device)
+
+                def zero_neurons(module, args, idx=idx):
+                    # Out of place: the caller's tensor may be saved for backward or reused.
+                    return (args[0].index_fill(-1, idx, 0), *args[1:])
+                handles.append(site.out_module.register_forward_pre_hook(zero_neurons))
+            self._applied = (model, handles)
+            return self
+        targets = [(name, t) for name, site in sites.items() for t in self._targets(site)]
+        for name, (module, _, _) in targets:  # check everything before touching anything
+            w = module.weight
+            if not w.is_floating_point() or tuple(w.shape) != (module.out_features, module.in_features):
+                raise ValueError(f"site {name}: {type(module).__name__} weight is not a plain floating-point matrix "
+                                 f"(dtype {w.dtype}, shape {tuple(w.shape)}), e.g. quantized; use mode='activation', "
+                                 "which masks activations and leaves weights untouched")
+        saved = []
+        with torch.no_grad():
+            for name, (_, tensor, dim) in targets:
+                idx = self.indices[name].to(tensor.device)
+                saved.append((tensor, dim, idx, tensor.index_select(dim, idx)))  # a copy of what gets zeroed
+                tensor.index_fill_(dim, idx, 0)
+        self._applied = (model, saved)
+        return self
+
+    @staticmethod
+    def _restore(saved) -> None:
+        with torch.no_grad():
+            for tensor, dim, idx, values in reversed(saved):
+                tensor.index_copy_(dim, idx, values)
+
+    def restore(self) -> None:
+        """Undo :meth:`apply`: put back exactly the zeroed entries, or remove the activation hooks."""
+        if self._applied is None:
+            raise RuntimeError("this mask is not applied to any model; nothing to restore")
+        _, state = self._applied
+        if self.mode == "activation":
+            for handle in state:
+                handle.remove()
+        else:
+            self._restore(state)
+        self._applied = None
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator["NeuronMask"]:
+        """``with mask.applied(model):`` — pruned inside the block, restored on exit (also on exceptions)."""
+        self.apply(model)
+        try:
+            yield self
+        finally:
+            self.restore()
+
+    def __enter__(self) -> "NeuronMask":
+        if self._applied is None:
+            raise RuntimeError("use `with mask.apply(model):` or `with mask.applied(model):`")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    # ---- save / load ----------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/mask.safetensors`` (indices) and ``path/mask.json`` (mode, metadata, counts), each
+        atomically. Returns the directory."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        info = {"format": FORMAT, "version": VERSION, "mode": self.mode, **self.meta, "counts": self.summary()}
+        with atomic_output(path / "mask.safetensors") as tmp:
+            save_file({n: i.contiguous() for n, i in self.indices.items()}, tmp, metadata={"format": FORMAT})
+        with atomic_output(path / "mask.json") as tmp:
+            Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NeuronMask":
+        """Read a mask written by :meth:`save` (``path`` is its directory)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "mask.json").is_file() or not (path / "mask.safetensors").is_file():
+            raise FileNotFoundError(f"{path} does not hold a saved mask (mask.json + mask.safetensors); "
+                                    "write one with NeuronMask.save(path)")
+        info = json.loads((path / "mask.json").read_text())
+        if info.get("format") != FORMAT or info.get("version") != VERSION:
+            raise ValueError(f"{path / 'mask.json'} is not a {FORMAT} v{VERSION} file "
+                             f"(format {info.get('format')!r}, version {info.get('version')!r})")
+        mode = info.pop("mode")
+        for key in ("format", "version", "counts"):
+            info.pop(key)
+        return cls(load_file(str(path / "mask.safetensors")), mode, info)
