@@ -1,0 +1,97 @@
+"""MANU in one call: statistics on forget and retain data in both renderings, scores, selection, a mask.
+
+::
+
+    mask, report = manu_unlearn(model, processor, world.forget_train, world.retain_train, ManuConfig(alpha=10))
+    with mask.applied(model):
+        ...                                   # evaluate the unlearned model
+    print(report.selection["per_tower"], report.timings)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import RENDERINGS, ManuConfig
+from .finetune import training_items
+from .hooks import find_sites
+from .importance import DATASETS, NeuronStats, collect_stats, select, selection_summary
+from .models import PromptAdapter, iter_batches, prompt_adapter_for
+from .prune import NeuronMask
+
+
+@dataclass
+class ManuReport:
+    """What a MANU run did: neurons per tower/site, tokens seen, time and memory.
+
+    selection:       :func:`~manu_lite.importance.selection_summary` of the mask.
+    tokens:          tokens counted per ``"dataset/rendering"`` (language model, first site).
+    timings:         seconds for ``statistics`` and ``selection``.
+    stats_bytes:     bytes held by all streamed statistics (independent of the data size).
+    peak_cuda_bytes: peak CUDA memory of the run, ``None`` on CPU.
+    stats:           the statistics themselves, ``{(dataset, rendering): StatsTable}`` (not in :meth:`to_dict`).
+    """
+
+    config: dict
+    selection: dict
+    tokens: dict
+    timings: dict
+    stats_bytes: int
+    peak_cuda_bytes: int | None
+    stats: dict = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "stats"}
+
+
+def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = None, *,
+                 adapter: PromptAdapter | None = None, batch_size: int = 16, progress: bool = True,
+                 model_id: str | None = None) -> tuple[NeuronMask, ManuReport]:
+    """Score every MLP neuron of ``model`` on forget vs retain data and select the ones to prune.
+
+    forget, retain: training-format profile records (e.g. ``world.forget_train``, ``world.retain_train``); each
+                    is encoded in both renderings, image+text and text-only, with answers as labels.
+    config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, selection,
+                    prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering).
+    Returns the :class:`~manu_lite.prune.NeuronMask` (not applied) and a :class:`ManuReport`.
+    """
+    config = config or ManuConfig()
+    if config.prune_mode == "output_rows":
+        raise ValueError("prune_mode='output_rows' zeroes residual channels, but MANU selects neurons; build "
+                         "NeuronMask(channel_indices, mode='output_rows') by hand to reproduce the released code, or "
+                         "use prune_mode='neuron' or 'activation'")
+    if not forget or not retain:
+        raise ValueError(f"need forget and retain records, got {len(forget)} and {len(retain)}")
+    adapter = adapter or prompt_adapter_for(processor)
+    sites = find_sites(model, config.towers)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    stats = {}
+    for dataset, records in zip(DATASETS, (forget, retain)):
+        for rendering in RENDERINGS:
+            items = training_items(records, (rendering,))
+            if not items:
+                raise ValueError(f"the {dataset} records have no {rendering} question/answer pairs")
+            batches = iter_batches(processor, adapter, items, batch_size)
+            stats[(dataset, rendering)] = collect_stats(
+                model, batches, sites, positions=config.positions, tau=config.tau, progress=progress,
+                seed=config.seed, max_batches=config.max_batches, desc=f"{dataset} {rendering}")
+    collected = time.perf_counter()
+    indices = select(stats, config)
+    mask = NeuronMask.from_sites(indices, sites, mode=config.prune_mode, config=config.to_dict(), alpha=config.alpha,
+                                 model_id=model_id or getattr(getattr(model, "config", None), "_name_or_path", ""))
+    first = sites[0].name
+    report = ManuReport(
+        config=config.to_dict(),
+        selection=selection_summary(indices, {s.name: s.width for s in sites}),
+        tokens={f"{d}/{r}": int(table[first].count.item()) for (d, r), table in stats.items()},
+        timings={"statistics": collected - start, "selection": time.perf_counter() - collected},
+        stats_bytes=sum(t.nbytes for table in stats.values() for s in table.values()
+                        for t in NeuronStats.tensors(s).values()),
+        peak_cuda_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        stats=stats,
+    )
+    return mask, report
