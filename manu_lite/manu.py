@@ -17,7 +17,7 @@ import torch
 from .config import RENDERINGS, ManuConfig
 from .finetune import training_items
 from .hooks import find_sites
-from .importance import DATASETS, NeuronStats, collect_stats, select, selection_summary
+from .importance import DATASETS, collect_stats, select, selection_summary
 from .models import PromptAdapter, iter_batches, prompt_adapter_for
 from .prune import NeuronMask
 
@@ -27,7 +27,7 @@ class ManuReport:
     """What a MANU run did: neurons per tower/site, tokens seen, time and memory.
 
     selection:       :func:`~manu_lite.importance.selection_summary` of the mask.
-    tokens:          tokens counted per ``"dataset/rendering"`` (language model, first site).
+    tokens:          tokens counted per ``"dataset/rendering"`` (by a language site when there is one).
     timings:         seconds for ``statistics`` and ``selection``.
     stats_bytes:     bytes held by all streamed statistics (independent of the data size).
     peak_cuda_bytes: peak CUDA memory of the run, ``None`` on CPU.
@@ -83,14 +83,14 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
     indices = select(stats, config)
     mask = NeuronMask.from_sites(indices, sites, mode=config.prune_mode, config=config.to_dict(), alpha=config.alpha,
                                  model_id=model_id or getattr(getattr(model, "config", None), "_name_or_path", ""))
-    first = sites[0].name
+    # Tokens are reported for one language site (all language sites see the same tokens), else one vision site.
+    first = next((s.name for s in sites if s.tower == "language"), sites[0].name)
     report = ManuReport(
         config=config.to_dict(),
         selection=selection_summary(indices, {s.name: s.width for s in sites}),
         tokens={f"{d}/{r}": int(table[first].count.item()) for (d, r), table in stats.items()},
         timings={"statistics": collected - start, "selection": time.perf_counter() - collected},
-        stats_bytes=sum(t.nbytes for table in stats.values() for s in table.values()
-                        for t in NeuronStats.tensors(s).values()),
+        stats_bytes=sum(t.nbytes for table in stats.values() for s in table.values() for t in s.tensors().values()),
         peak_cuda_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         stats=stats,
     )

@@ -8,7 +8,7 @@ from manu_lite.config import ManuConfig
 from manu_lite.finetune import training_items
 from manu_lite.importance import n_selected
 from manu_lite.manu import manu_unlearn
-from manu_lite.models import answer_nll, iter_batches, prompt_adapter_for
+from manu_lite.models import answer_nll, iter_batches
 
 
 @pytest.mark.parametrize("formulation,selection", [("paper", "union"), ("reference", "combined")])
@@ -41,4 +41,3 @@ def test_manu_unlearn_refuses_output_rows(small_world, small_vanilla):
     with pytest.raises(ValueError, match="output_rows"):
         manu_unlearn(model, processor, small_world.forget_train, small_world.retain_train,
                      ManuConfig(prune_mode="output_rows"), progress=False)
-    assert prompt_adapter_for(processor) is not None
