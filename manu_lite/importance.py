@@ -409,8 +409,8 @@ def paper_score(forget_multi: NeuronStats, forget_text: NeuronStats, retain_mult
     return i_f / (paper_importance(retain_multi, retain_text, eps, weights, reduction) + eps)
 
 
-def paper_rendering_score(forget: NeuronStats, retain: NeuronStats, eps: float = 1e-5,
-                          weights: Mapping[str, float] | None = None) -> Tensor:
+def paper_rendering_score(forget: NeuronStats, retain: NeuronStats, weights: Mapping[str, float] | None = None,
+                          eps: float = 1e-5) -> Tensor:
     """The paper formulation's score *within one rendering*, used by ``selection="union"``, ``[width]``.
 
     The paper's I(D, n) contrasts two renderings, so within one rendering there is nothing to contrast; we keep
