@@ -16,6 +16,7 @@ def _world_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"run directory (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profiles", type=int, default=None, help="synthetic fictitious profiles (tiny world)")
+    parser.add_argument("--epochs", type=int, default=None, help="memorization epochs of the tiny vanilla model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     world = workflow.world_for(args)
     if args.command == "finetune":
-        workflow.tiny_vanilla(world, args.seed)
+        workflow.tiny_vanilla(world, args.seed, epochs=args.epochs)
         print(f"tiny vanilla model ready (cache: {workflow.cache_dir()})")
         return 0
     if args.command == "evaluate":

@@ -40,15 +40,16 @@ def world_for(args) -> World:
     return tiny_world(Path(args.out), args.forget, args.profiles, args.seed)
 
 
-def tiny_vanilla(world: World, seed: int = 0, progress: bool = True):
+def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progress: bool = True):
     """The tiny vanilla model of ``world`` (cached): ``(model, processor, adapter)``."""
-    return vanilla_model(world, config=TrainConfig(seed=seed), progress=progress)
+    config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    return vanilla_model(world, config=config, progress=progress)
 
 
 def evaluate_model(world: World, args) -> Results:
     """``manu-lite evaluate``: the tiny vanilla model or a named checkpoint, on every set."""
     if args.model == "tiny":
-        model, processor, adapter = tiny_vanilla(world, args.seed)
+        model, processor, adapter = tiny_vanilla(world, args.seed, args.epochs)
         config = EvalConfig(**{**TINY_EVAL.__dict__, "mc_protocol": args.protocol, "few_shot": args.few_shot})
     else:
         from .models import load_mllm
@@ -62,7 +63,7 @@ def evaluate_model(world: World, args) -> Results:
 
 def demo(world: World, args) -> Results:
     """``manu-lite demo``: the vanilla model of the tiny world, evaluated, with a results figure."""
-    model, processor, adapter = tiny_vanilla(world, args.seed)
+    model, processor, adapter = tiny_vanilla(world, args.seed, args.epochs)
     results = evaluate(model, processor, adapter, world, TINY_EVAL)
     out = Path(args.out)
     results.save(out / "results.json")
