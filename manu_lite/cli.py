@@ -1,10 +1,12 @@
-"""Command line: ``manu-lite demo | make-data | finetune | evaluate`` (also ``python -m manu_lite``)."""
+"""Command line: ``manu-lite demo | make-data | finetune | evaluate | unlearn`` (also ``python -m manu_lite``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 from pathlib import Path
+
+from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, SELECTIONS, ManuConfig
 
 DEFAULT_OUT = "runs/demo"
 
@@ -36,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path")
     evaluate.add_argument("--protocol", default="likelihood", choices=["likelihood", "mllmu"])
     evaluate.add_argument("--few-shot", type=int, default=1)
+    unlearn = commands.add_parser("unlearn", help="MANU: score neurons on forget vs retain, prune, evaluate")
+    _world_args(unlearn)
+    unlearn.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path")
+    defaults = ManuConfig()
+    unlearn.add_argument("--alpha", type=float, default=defaults.alpha, help="percent of neurons to prune")
+    unlearn.add_argument("--formulation", default=defaults.formulation, choices=FORMULATIONS)
+    unlearn.add_argument("--positions", default=defaults.positions, choices=POSITIONS)
+    unlearn.add_argument("--selection", default=defaults.selection, choices=SELECTIONS)
+    unlearn.add_argument("--scope", default=defaults.scope, choices=SCOPES)
+    unlearn.add_argument("--towers", default=",".join(defaults.towers), help="comma-separated: language,vision")
+    unlearn.add_argument("--prune-mode", default=defaults.prune_mode, choices=PRUNE_MODES)
     return parser
 
 
@@ -56,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         results = workflow.evaluate_model(world, args)
+    elif args.command == "unlearn":
+        config = ManuConfig(alpha=args.alpha, formulation=args.formulation, positions=args.positions,
+                            selection=args.selection, scope=args.scope, towers=tuple(args.towers.split(",")),
+                            prune_mode=args.prune_mode, seed=args.seed)
+        results = workflow.unlearn_and_evaluate(world, args, config)
     else:
         results = workflow.demo(world, args)
     print(workflow.format_table(results))

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .artifacts import write_json
+from .config import ManuConfig
 from .data import World, load_world, make_synthetic_bench
 from .evaluate import EvalConfig, Results, evaluate
 from .finetune import TrainConfig, cache_dir, vanilla_model
+from .manu import manu_unlearn
 
 # The embedded default world: small enough to train on two CPU cores in about a minute.
 TINY_PROFILES = 50
 TINY_CELEBRITIES = 10
 # The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
 TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
+# MANU as the demo runs it: recall positions, modality-balanced union of per-rendering rankings.
+TINY_MANU = ManuConfig(alpha=10.0)
 
-__all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "demo", "format_table"]
+__all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "unlearn", "demo", "format_table"]
 
 
 def make_world_data(out: Path, profiles: int | None = None, celebrities: int | None = None, seed: int = 0) -> Path:
@@ -48,28 +53,55 @@ def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progres
 
 def evaluate_model(world: World, args) -> Results:
     """``manu-lite evaluate``: the tiny vanilla model or a named checkpoint, on every set."""
-    if args.model == "tiny":
-        model, processor, adapter = tiny_vanilla(world, args.seed, args.epochs)
-        config = EvalConfig(**{**TINY_EVAL.__dict__, "mc_protocol": args.protocol, "few_shot": args.few_shot})
-    else:
-        from .models import load_mllm
-
-        model, processor, adapter = load_mllm(args.model)
-        config = EvalConfig(mc_protocol=args.protocol, few_shot=args.few_shot, seed=args.seed)
-    results = evaluate(model, processor, adapter, world, config, method=args.model if args.model != "tiny" else "vanilla")
+    (model, processor, adapter), config = load_model(world, args)
+    config = EvalConfig(**{**config.__dict__, "mc_protocol": args.protocol, "few_shot": args.few_shot})
+    results = evaluate(model, processor, adapter, world, config, method="vanilla" if args.model == "tiny" else args.model)
     results.save(Path(args.out) / "results.json")
     return results
 
 
-def demo(world: World, args) -> Results:
-    """``manu-lite demo``: the vanilla model of the tiny world, evaluated, with a results figure."""
-    model, processor, adapter = tiny_vanilla(world, args.seed, args.epochs)
-    results = evaluate(model, processor, adapter, world, TINY_EVAL)
+def unlearn(world: World, model, processor, adapter, config: ManuConfig, out: Path, progress: bool = True):
+    """Run MANU on ``world``'s forget/retain people; save the mask and the report under ``out/manu``."""
+    mask, report = manu_unlearn(model, processor, world.forget_train, world.retain_train, config, adapter=adapter,
+                                progress=progress)
+    mask.save(Path(out) / "manu")
+    write_json(Path(out) / "manu" / "report.json", report.to_dict())
+    return mask, report
+
+
+def describe_report(report) -> str:
+    towers = ", ".join(f"{t} {r['selected']}/{r['of']}" for t, r in report.selection["per_tower"].items())
+    return f"MANU pruned {report.selection['selected']} neurons ({towers}) in {sum(report.timings.values()):.1f} s"
+
+
+def load_model(world: World, args):
+    """The model a command line names: the tiny vanilla model of ``world`` or a checkpoint by name."""
+    if getattr(args, "model", "tiny") == "tiny":
+        return tiny_vanilla(world, args.seed, args.epochs), TINY_EVAL
+    from .models import load_mllm
+
+    return load_mllm(args.model), EvalConfig(seed=args.seed)
+
+
+def unlearn_and_evaluate(world: World, args, config: ManuConfig) -> Results:
+    """``manu-lite unlearn``: MANU with ``config``; evaluates the model before and after pruning."""
+    (model, processor, adapter), eval_config = load_model(world, args)
     out = Path(args.out)
+    results = evaluate(model, processor, adapter, world, eval_config)
+    mask, report = unlearn(world, model, processor, adapter, config, out)
+    print(describe_report(report))
+    with mask.applied(model):
+        results += evaluate(model, processor, adapter, world, eval_config, method="manu")
     results.save(out / "results.json")
+    return results
+
+
+def demo(world: World, args) -> Results:
+    """``manu-lite demo``: the tiny vanilla model and MANU at the demo's settings, evaluated; a results figure."""
+    results = unlearn_and_evaluate(world, args, ManuConfig(**{**TINY_MANU.__dict__, "seed": args.seed}))
     from .viz import plot_results
 
-    plot_results(results, out / "results.png")
+    plot_results(results, Path(args.out) / "results.png")
     return results
 
 
