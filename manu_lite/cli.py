@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from .artifacts import RunManifest
 from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, SELECTIONS, ManuConfig
 
 DEFAULT_OUT = "runs/demo"
@@ -19,6 +20,8 @@ def _world_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profiles", type=int, default=None, help="synthetic fictitious profiles (tiny world)")
     parser.add_argument("--epochs", type=int, default=None, help="memorization epochs of the tiny vanilla model")
+    parser.add_argument("--resume", action="store_true", help="skip the steps this run directory already completed "
+                        "(their files are checked against the hashes in manifest.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,20 +65,21 @@ def main(argv: list[str] | None = None) -> int:
                                         seed=args.seed)
         print(f"wrote a synthetic MLLMU-Bench to {path}")
         return 0
-    world = workflow.world_for(args)
+    run = RunManifest(args.out, {k: v for k, v in vars(args).items() if k != "resume"}, resume=args.resume)
+    world = workflow.world_for(args, run)
     if args.command == "finetune":
         workflow.tiny_vanilla(world, args.seed, epochs=args.epochs)
         print(f"tiny vanilla model ready (cache: {workflow.cache_dir()})")
         return 0
     if args.command == "evaluate":
-        results = workflow.evaluate_model(world, args)
+        results = workflow.evaluate_model(world, args, run)
     elif args.command == "unlearn":
         config = ManuConfig(alpha=args.alpha, formulation=args.formulation, positions=args.positions,
                             selection=args.selection, scope=args.scope, towers=tuple(args.towers.split(",")),
                             prune_mode=args.prune_mode, seed=args.seed)
-        results = workflow.unlearn_and_evaluate(world, args, config)
+        results = workflow.unlearn_and_evaluate(world, args, config, run)
     else:
-        results = workflow.demo(world, args)
+        results = workflow.demo(world, args, run)
     print(workflow.format_table(results))
     print(f"\nwrote {Path(args.out) / 'results.json'} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -4,14 +4,16 @@ Notebooks call these so that no logic lives in cells; each step works on the tin
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .artifacts import write_json
+from .artifacts import RunManifest, write_json
 from .config import ManuConfig
 from .data import World, load_world, make_synthetic_bench
 from .evaluate import EvalConfig, Results, evaluate
 from .finetune import TrainConfig, cache_dir, vanilla_model
 from .manu import manu_unlearn
+from .prune import NeuronMask
 
 # The embedded default world: small enough to train on two CPU cores in about a minute.
 TINY_PROFILES = 50
@@ -30,19 +32,23 @@ def make_world_data(out: Path, profiles: int | None = None, celebrities: int | N
                                 seed=seed)
 
 
-def tiny_world(out: Path, forget: str = "forget_10", profiles: int | None = None, seed: int = 0) -> World:
-    """The tiny world under ``out/bench`` (written on first use)."""
+def tiny_world(out: Path, forget: str = "forget_10", profiles: int | None = None, seed: int = 0,
+               run: RunManifest | None = None) -> World:
+    """The tiny world under ``out/bench``, written on first use (and recorded as a step of ``run``)."""
     bench = Path(out) / "bench"
-    if not (bench / "ft_Data").exists():
+    complete = run.done("data") if run else (bench / "Retain_Set").exists()
+    if not complete:
         make_world_data(bench, profiles=profiles, seed=seed)
+        if run:
+            run.complete("data", sorted(bench.glob("*/*.parquet")))
     return load_world(str(bench), forget)
 
 
-def world_for(args) -> World:
+def world_for(args, run: RunManifest | None = None) -> World:
     """The world a command line asks for: ``--data`` if given, else the synthetic bench under ``--out``."""
     if args.data:
         return load_world(args.data, args.forget, seed=args.seed)
-    return tiny_world(Path(args.out), args.forget, args.profiles, args.seed)
+    return tiny_world(Path(args.out), args.forget, args.profiles, args.seed, run)
 
 
 def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progress: bool = True):
@@ -51,13 +57,25 @@ def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progres
     return vanilla_model(world, config=config, progress=progress)
 
 
-def evaluate_model(world: World, args) -> Results:
+def evaluated(run: RunManifest | None, step: str, path: Path, evaluate_fn) -> Results:
+    """The results of ``step``: read back from ``path`` when ``run`` completed it already, else computed."""
+    if run is not None and run.done(step):
+        print(f"resume: {step} already done, reading {path}")
+        return Results(json.loads(path.read_text()))
+    results = evaluate_fn()
+    results.save(path)
+    if run is not None:
+        run.complete(step, [path])
+    return results
+
+
+def evaluate_model(world: World, args, run: RunManifest | None = None) -> Results:
     """``manu-lite evaluate``: the tiny vanilla model or a named checkpoint, on every set."""
     (model, processor, adapter), config = load_model(world, args)
     config = EvalConfig(**{**config.__dict__, "mc_protocol": args.protocol, "few_shot": args.few_shot})
-    results = evaluate(model, processor, adapter, world, config, method="vanilla" if args.model == "tiny" else args.model)
-    results.save(Path(args.out) / "results.json")
-    return results
+    method = "vanilla" if args.model == "tiny" else args.model
+    return evaluated(run, "evaluate", Path(args.out) / "results.json",
+                     lambda: evaluate(model, processor, adapter, world, config, method=method))
 
 
 def unlearn(world: World, model, processor, adapter, config: ManuConfig, out: Path, progress: bool = True):
@@ -83,22 +101,37 @@ def load_model(world: World, args):
     return load_mllm(args.model), EvalConfig(seed=args.seed)
 
 
-def unlearn_and_evaluate(world: World, args, config: ManuConfig) -> Results:
-    """``manu-lite unlearn``: MANU with ``config``; evaluates the model before and after pruning."""
+def unlearn_and_evaluate(world: World, args, config: ManuConfig, run: RunManifest | None = None) -> Results:
+    """``manu-lite unlearn``: MANU with ``config``; evaluates the model before and after pruning.
+
+    Each step (vanilla evaluation, MANU, MANU evaluation) writes its files atomically and, with a ``run``
+    manifest, is skipped on ``--resume`` once done.
+    """
     (model, processor, adapter), eval_config = load_model(world, args)
     out = Path(args.out)
-    results = evaluate(model, processor, adapter, world, eval_config)
-    mask, report = unlearn(world, model, processor, adapter, config, out)
-    print(describe_report(report))
-    with mask.applied(model):
-        results += evaluate(model, processor, adapter, world, eval_config, method="manu")
+    results = evaluated(run, "evaluate-vanilla", out / "vanilla_results.json",
+                        lambda: evaluate(model, processor, adapter, world, eval_config))
+    if run is not None and run.done("manu"):
+        print("resume: manu already done, loading its mask")
+        mask = NeuronMask.load(out / "manu")
+    else:
+        mask, report = unlearn(world, model, processor, adapter, config, out)
+        print(describe_report(report))
+        if run is not None:
+            run.complete("manu", [out / "manu" / name for name in ("mask.safetensors", "mask.json", "report.json")])
+
+    def evaluate_pruned():
+        with mask.applied(model):
+            return evaluate(model, processor, adapter, world, eval_config, method="manu")
+
+    results = Results(results + evaluated(run, "evaluate-manu", out / "manu_results.json", evaluate_pruned))
     results.save(out / "results.json")
     return results
 
 
-def demo(world: World, args) -> Results:
+def demo(world: World, args, run: RunManifest | None = None) -> Results:
     """``manu-lite demo``: the tiny vanilla model and MANU at the demo's settings, evaluated; a results figure."""
-    results = unlearn_and_evaluate(world, args, ManuConfig(**{**TINY_MANU.__dict__, "seed": args.seed}))
+    results = unlearn_and_evaluate(world, args, ManuConfig(**{**TINY_MANU.__dict__, "seed": args.seed}), run)
     from .viz import plot_results
 
     plot_results(results, Path(args.out) / "results.png")
