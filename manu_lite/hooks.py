@@ -25,11 +25,14 @@ from torch import nn
 
 from .config import POSITIONS, TOWERS
 
-# The two MLP shapes we know: (input projections, output projection). Order matters: gated first.
+# The MLP shapes we know: (input projections, output projection). Order matters: gated first.
+# ``register_mlp_layout`` adds more (e.g. Mixtral-style ``w1``/``w3``/``w2``).
 MLP_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("gate_proj", "up_proj"), "down_proj"),
     (("fc1",), "fc2"),
 )
+# Names that suggest a module is an MLP, used only to explain a failed search.
+_MLP_LIKE = re.compile(r"mlp|ffn|feed_?forward|ff$|mlp_block", re.IGNORECASE)
 # Path components marking the vision tower (CLIP "vision_tower", Idefics "vision_model", Qwen2-VL "visual").
 _VISION_PART = re.compile(r"vision|visual", re.IGNORECASE)
 # Modules *between* the towers: LLaVA's multi_modal_projector, Idefics' connector (with its perceiver resampler,
@@ -95,9 +98,38 @@ def site_layer(name: str) -> int:
     return int(name.split(".")[1])
 
 
+def execution_device(module: nn.Module) -> torch.device | None:
+    """Where ``module`` computes: its first own parameter's device, or — when accelerate offloaded its weights to
+    the ``meta`` device (``device_map`` with CPU/disk offload, ``cpu_offload``) — its hook's execution device.
+    ``None`` for a module without parameters of its own."""
+    params = list(module.parameters(recurse=False))
+    execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if execution is not None and any(p.device.type == "meta" for p in params):
+        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+    return next((p.device for p in params if p.device.type != "meta"), None)
+
+
 def _width(module: nn.Module) -> int | None:
     width = getattr(module, "in_features", None)  # nn.Linear and quantized subclasses (bitsandbytes) keep it
     return int(width) if width is not None else None
+
+
+def register_mlp_layout(in_projs: Iterable[str], out_proj: str) -> None:
+    """Teach :func:`find_sites` (and so statistics, masks and ``manu_unlearn``) a new MLP layout.
+
+    in_projs: attribute names of the projections that produce the neurons, e.g. ``("w1", "w3")``.
+    out_proj: attribute name of the projection that reads them (its ``in_features`` is the width), e.g. ``"w2"``.
+
+    The layout is tried after the built-in ones; registering the same layout twice is a no-op. Every
+    projection must be an ``nn.Linear`` (or a subclass, e.g. a quantized one) for a module to match.
+    """
+    global MLP_LAYOUTS
+    layout = (tuple(in_projs), str(out_proj))
+    if not layout[0] or not all(isinstance(p, str) and p for p in (*layout[0], layout[1])):
+        raise ValueError(f"a layout is (non-empty tuple of input projection names, output projection name), "
+                         f"got {layout!r}")
+    if layout not in MLP_LAYOUTS:
+        MLP_LAYOUTS = (*MLP_LAYOUTS, layout)
 
 
 def _match_layout(module: nn.Module) -> tuple[tuple[str, ...], str] | None:
@@ -147,12 +179,42 @@ def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[NeuronS
                              f"{path!r}; pass sites=[NeuronSite(...)] by hand with distinct layers")
         sites[site.name] = site
     if not sites:
-        seen = "\n  ".join(examined) or "(no module has gate_proj/up_proj/down_proj or fc1/fc2 children)"
-        raise ValueError(
-            f"no MLP neuron sites found in {type(model).__name__} for towers {towers}. MLP-like modules examined:\n  "
-            f"{seen}\nRegister sites by hand, e.g. sites=[NeuronSite(tower='language', layer=0, "
-            "mlp=model.model.layers[0].mlp, in_projs=('gate_proj', 'up_proj'), out_proj='down_proj', width=11008)]")
+        raise ValueError(_nothing_found(model, towers, examined))
     return sorted(sites.values(), key=lambda s: (TOWERS.index(s.tower), s.layer, s.name))
+
+
+def _nothing_found(model: nn.Module, towers: tuple[str, ...], examined: list[str]) -> str:
+    """The message of :func:`find_sites` when no site matched: what was found, why it did not count, what to do."""
+    layouts = " or ".join(f"{'/'.join(i)} -> {o}" for i, o in MLP_LAYOUTS)
+    lines = []
+    for path, module in model.named_modules():
+        children = list(module.named_children())
+        linear = [n for n, c in children if isinstance(c, nn.Linear)]
+        mlp_like = bool(_MLP_LIKE.search(path.rsplit(".", 1)[-1])) and bool(children)
+        if _match_layout(module) is not None or not (mlp_like or len(linear) >= 2):
+            continue
+        names = ", ".join(f"{n} ({type(c).__name__}" + (f" {c.in_features}->{c.out_features})"
+                                                         if _width(c) is not None else ")") for n, c in children)
+        named = {n for n, _ in children}
+        near = [(i, o) for i, o in MLP_LAYOUTS if named >= {*i, o}]
+        why = (f"has {'/'.join(near[0][0])}/{near[0][1]} but they are not nn.Linear layers with in_features"
+               if near else f"not a known layout ({layouts})")
+        lines.append(f"{path or '(root)'} ({type(module).__name__}): children {names}; {why}")
+        if len(lines) == 8:
+            lines.append("… (more omitted)")
+            break
+    for entry in examined:  # matched a layout but was skipped
+        lines.append(f"{entry}: a known layout, but a bridge between towers, outside a numbered layer list, or "
+                     f"in a tower not asked for ({towers})")
+    found = "\n  ".join(lines) or "(no module named like an MLP, and none with two or more nn.Linear children)"
+    example = next((ln.split(" (", 1)[0] for ln in lines if ": children" in ln), "model.model.layers[0].mlp")
+    return (f"no MLP neuron sites found in {type(model).__name__} for towers {towers}. Known layouts: {layouts}. "
+            f"Found:\n  {found}\n"
+            "To use this model, either register its MLP layout once for every model of the family:\n"
+            "  manu_lite.hooks.register_mlp_layout(in_projs=('w1', 'w3'), out_proj='w2')\n"
+            "or, for statistics only (masks and manu_unlearn find sites by layout), pass sites by hand:\n"
+            f"  collect_stats(model, batches, sites=[NeuronSite(tower='language', layer=0, mlp=<the module at "
+            f"{example}>, in_projs=('w1', 'w3'), out_proj='w2', width=<w2.in_features>), ...])")
 
 
 @contextlib.contextmanager

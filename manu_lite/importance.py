@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from .config import RENDERINGS, SCOPES, TOWERS, ManuConfig
-from .hooks import NeuronSite, find_sites, record_neurons, site_layer, site_tower, token_mask_from_batch
+from .hooks import (NeuronSite, execution_device, find_sites, record_neurons, site_layer, site_tower,
+                    token_mask_from_batch)
 
 STATISTICS = ("abs", "freq", "var", "rms")
 DATASETS = ("forget", "retain")
@@ -128,6 +129,16 @@ class NeuronStats:
     def tensors(self) -> dict[str, Tensor]:
         return {"count": self.count, **{f: getattr(self, f) for f in _FIELDS}}
 
+    @property
+    def device(self) -> torch.device:
+        return self.sum.device
+
+    def to(self, device: torch.device | str) -> "NeuronStats":
+        """These statistics on ``device`` (self when already there; values unchanged, float64 kept)."""
+        if self.sum.device == torch.device(device):
+            return self
+        return NeuronStats(*(t.to(device) for t in self.tensors().values()), tau=self.tau)
+
     def all_reduce_(self, group=None) -> "NeuronStats":
         """Sum these statistics over all processes of ``group`` in place (``torch.distributed``)."""
         _all_reduce_([self], group)
@@ -196,8 +207,18 @@ class StatsTable(dict):
             return self
         return NotImplemented
 
+    def to(self, device: torch.device | str) -> "StatsTable":
+        """Every site's statistics on one ``device``: how statistics of a model split over devices (each site's
+        totals live with its layer, see :func:`collect_stats`) are merged at the end."""
+        return StatsTable({name: s.to(device) for name, s in self.items()})
+
+    @property
+    def devices(self) -> set[torch.device]:
+        return {s.device for s in self.values()}
+
     def all_reduce_(self, group=None) -> "StatsTable":
-        """Sum every site's statistics over all processes in place, in one collective."""
+        """Sum every site's statistics over all processes in place, in one collective (all sites must be on one
+        device the backend supports: CPU for gloo, this process's GPU for NCCL; see :meth:`to`)."""
         _all_reduce_([self[name] for name in sorted(self)], group)
         return self
 
@@ -247,17 +268,16 @@ def atomic_output(path: str | os.PathLike):
 # Collection
 # ---------------------------------------------------------------------------------------------------------------
 def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
+    """Where inputs go: the device of the first module with parameters (its execution device when accelerate
+    offloaded them to ``meta``)."""
+    return next((d for d in map(execution_device, model.modules()) if d is not None), torch.device("cpu"))
 
 
 @torch.no_grad()
 def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]],
                   sites: Sequence[NeuronSite] | None = None, positions: str = "recall", tau: float = 0.1,
                   progress: bool = True, seed: int = 0, max_batches: int | None = None,
-                  desc: str = "neuron statistics") -> StatsTable:
+                  desc: str = "neuron statistics", allow_empty: bool = False) -> StatsTable:
     """One pass over ``batches``, streaming every site's :class:`NeuronStats`; nothing per token is kept.
 
     batches:   dicts of model inputs plus ``labels`` ``[B, T]`` (-100 outside answers); ``labels`` are not
@@ -268,6 +288,11 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
                activations, ``[n_images, patches, width]`` or ``[patches, width]``).
     tau:       threshold of ``count_above``.
     seed:      the pass runs under this torch seed (restored afterwards), for models with stochastic layers.
+    allow_empty: return zero statistics instead of raising when there are no batches or no language token was
+               selected (one shard of a data-parallel pass, :mod:`manu_lite.distributed`, checks after merging).
+
+    Models split over devices (``device_map="auto"``): each site's totals are kept on the device its
+    activations arrive on, so nothing crosses devices per batch; merge with :meth:`StatsTable.to`.
 
     Runs in eval mode under ``torch.no_grad()`` (the training mode is restored). Totals are float64 on the
     activations' device. Raises ``ValueError`` on NaN/Inf activations (naming the site and batch) and when no
@@ -290,11 +315,14 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
                     f"(input_ids {current['shape']}); this model changes the sequence length inside forward, so "
                     "the token mask does not apply: expand image tokens in input_ids (transformers >= 4.47 "
                     "processors do) or use a processor that does")
-            if current["keep"] is not None:
-                x = x.index_select(0, current["keep"])
+            keep = current["keep"]
+            if keep is not None:
+                if keep.device != x.device:  # a layer on another device than the inputs: one copy per device
+                    keep = current.setdefault(x.device, keep.to(x.device))
+                x = x.index_select(0, keep)
         stats = table[site.name]
         if stats.sum.device != x.device:  # models split over devices: keep each site's totals with its layer
-            table[site.name] = stats = NeuronStats(*(t.to(x.device) for t in stats.tensors().values()), tau=tau)
+            table[site.name] = stats = stats.to(x.device)
         stats.update_(x)
 
     from tqdm.auto import tqdm
@@ -316,6 +344,7 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
                 mask = token_mask_from_batch(batch, positions)
                 keep = mask.reshape(-1).nonzero().squeeze(1)
                 # None = keep every row: skips a copy per site when there is no padding (positions="all").
+                current.clear()
                 current.update(keep=None if len(keep) == mask.numel() else keep.to(device),
                                n_positions=mask.numel(), shape=tuple(mask.shape))
                 model(**{k: (v.to(device) if isinstance(v, Tensor) else v)
@@ -325,14 +354,21 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
     finally:
         if was_training:
             model.train()
+    if allow_empty:
+        return table
     if n_batches == 0:
         raise ValueError("collect_stats got no batches; pass a non-empty iterable of batch dicts")
+    check_language_tokens(table, sites, positions)
+    return table
+
+
+def check_language_tokens(table: Mapping[str, NeuronStats], sites: Sequence[NeuronSite], positions: str) -> None:
+    """``ValueError`` when the language sites of ``table`` saw no token (e.g. every label is -100)."""
     language = [s.name for s in sites if s.tower == "language"]
     if language and all(table[n].count.item() == 0 for n in language):
         raise ValueError(f"no language-model token was selected with positions={positions!r}"
                          + (": every label is -100, so there is no answer token to recall; check the labels or "
                             "use positions='all'" if positions == "recall" else ""))
-    return table
 
 
 def _check_finite(table: StatsTable, batch_index: int) -> None:

@@ -19,7 +19,7 @@ from .finetune import training_items
 from .hooks import find_sites
 from .importance import DATASETS, collect_stats, select, selection_summary
 from .models import PromptAdapter, iter_batches, prompt_adapter_for
-from .prune import NeuronMask
+from .prune import NeuronMask, uneditable_sites
 
 
 @dataclass
@@ -48,13 +48,16 @@ class ManuReport:
 
 def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = None, *,
                  adapter: PromptAdapter | None = None, batch_size: int = 16, progress: bool = True,
-                 model_id: str | None = None) -> tuple[NeuronMask, ManuReport]:
+                 model_id: str | None = None, collector=collect_stats) -> tuple[NeuronMask, ManuReport]:
     """Score every MLP neuron of ``model`` on forget vs retain data and select the ones to prune.
 
     forget, retain: training-format profile records (e.g. ``world.forget_train``, ``world.retain_train``); each
                     is encoded in both renderings, image+text and text-only, with answers as labels.
     config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, selection,
-                    prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering).
+                    prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering). A 4-bit/8-bit
+                    or offloaded model needs ``prune_mode="activation"`` (checked before any statistics).
+    collector:      the statistics pass, :func:`~manu_lite.importance.collect_stats` or, under ``torchrun``,
+                    :func:`manu_lite.distributed.collect_stats_distributed` (every rank gets the same mask).
     Returns the :class:`~manu_lite.prune.NeuronMask` (not applied) and a :class:`ManuReport`.
     """
     config = config or ManuConfig()
@@ -66,6 +69,14 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
         raise ValueError(f"need forget and retain records, got {len(forget)} and {len(retain)}")
     adapter = adapter or prompt_adapter_for(processor)
     sites = find_sites(model, config.towers)
+    if config.prune_mode != "activation":
+        problems = uneditable_sites(sites)
+        if problems:
+            name, problem = next(iter(problems.items()))
+            raise ValueError(f"prune_mode={config.prune_mode!r} zeroes weights, but this model's weights cannot be "
+                             f"edited in place (site {name}: {problem}; {len(problems)} sites in all). Use "
+                             "ManuConfig(prune_mode='activation'), which masks activations with a hook: it is the "
+                             "mode for 4-bit (load_in_4bit=True) and offloaded models")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -76,7 +87,7 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
             if not items:
                 raise ValueError(f"the {dataset} records have no {rendering} question/answer pairs")
             batches = iter_batches(processor, adapter, items, batch_size)
-            stats[(dataset, rendering)] = collect_stats(
+            stats[(dataset, rendering)] = collector(
                 model, batches, sites, positions=config.positions, tau=config.tau, progress=progress,
                 seed=config.seed, max_batches=config.max_batches, desc=f"{dataset} {rendering}")
     collected = time.perf_counter()

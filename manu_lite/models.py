@@ -141,7 +141,11 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
     """Load a transformers MLLM by hub name or path: ``(model, processor, adapter)``.
 
     The tiny profile's model is trained, not downloaded: use :func:`manu_lite.finetune.vanilla_model` for it.
-    ``load_in_4bit`` needs bitsandbytes and a GPU (prune with ``prune_mode="activation"`` then).
+    ``load_in_4bit`` (the ``colab`` profile) needs bitsandbytes and a CUDA GPU, both checked before anything is
+    downloaded; it quantizes to NF4 with float16 compute (T4s have no bfloat16) and defaults ``device_map`` to
+    ``"auto"``. 4-bit weights cannot be zeroed: prune with ``ManuConfig(prune_mode="activation")``.
+    ``device_map="auto"`` spreads a model over the visible GPUs (accelerate); statistics then stay on each
+    layer's device (see :mod:`manu_lite.distributed`).
     """
     if name == "tiny":
         raise ValueError("the tiny model is built and trained locally: call manu_lite.finetune.vanilla_model(world) "
@@ -152,9 +156,12 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     kwargs = {"local_files_only": local_files_only}
     if load_in_4bit:
+        check_4bit_support()
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.float16)
+        device_map = "auto" if device_map is None else device_map
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     try:
@@ -165,6 +172,21 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
                       "access (huggingface-cli download NAME), pass a local path, or use the tiny profile, "
                       "which needs no download") from exc
     return model.eval(), processor, prompt_adapter_for(processor)
+
+
+def check_4bit_support() -> None:
+    """``RuntimeError`` unless 4-bit loading can work here: bitsandbytes installed and a CUDA GPU visible."""
+    import importlib.util
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install 'bitsandbytes>=0.46')")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (Colab: Runtime > Change runtime type > T4 GPU)")
+    if missing:
+        raise RuntimeError(f"load_in_4bit=True needs {' and '.join(missing)}. Without them, load in float16/bfloat16 "
+                           "on a large enough GPU (profile 'full') or use the CPU profile 'tiny'. With 4-bit weights, "
+                           "prune with ManuConfig(prune_mode='activation')")
 
 
 # -------------------------------------------------------------------------------------------- encoding

@@ -37,6 +37,42 @@ FORMAT = "manu-lite-mask"
 VERSION = 1
 
 
+def weight_problem(module: nn.Module) -> str | None:
+    """Why the weights of a projection cannot be zeroed in place, or ``None`` when they can.
+
+    Quantized: a bitsandbytes ``Params4bit``/``Int8Params`` weight (it carries ``quant_state`` or ``SCB``), any
+    non-floating-point or packed weight (shape not ``[out_features, in_features]``), or no ``weight`` at all
+    (GPTQ/AWQ kernels keep ``qweight``). Offloaded: a weight on the ``meta`` device, which accelerate
+    (``device_map`` with CPU/disk offload) swaps in at every forward, so zeroing it would silently do nothing.
+    """
+    w = getattr(module, "weight", None)
+    if not isinstance(w, Tensor):
+        return f"{type(module).__name__} has no weight matrix (a quantized kernel?)"
+    kind = type(w).__name__
+    shape = (getattr(module, "out_features", None), getattr(module, "in_features", None))
+    if (hasattr(w, "quant_state") or hasattr(w, "SCB") or kind in ("Params4bit", "Int8Params")
+            or not w.is_floating_point() or tuple(w.shape) != shape):
+        return (f"{type(module).__name__} weight is quantized or packed ({kind}, dtype {w.dtype}, shape "
+                f"{tuple(w.shape)}), not a plain floating-point matrix")
+    if w.device.type == "meta":
+        return (f"{type(module).__name__} weight is offloaded (on the meta device; accelerate loads it at each "
+                "forward), so zeroing it in place would not stick")
+    return None
+
+
+def uneditable_sites(sites: Sequence[NeuronSite]) -> dict[str, str]:
+    """Site name → :func:`weight_problem` for every site whose weights ``"neuron"``/``"output_rows"`` masks
+    cannot edit (4-bit/8-bit or offloaded models); empty when weight modes work."""
+    problems = {}
+    for site in sites:
+        for module in (site.out_module, *site.in_modules):
+            problem = weight_problem(module)
+            if problem is not None:
+                problems[site.name] = problem
+                break
+    return problems
+
+
 class NeuronMask:
     """Which neurons to prune, per site, and how.
 
@@ -137,21 +173,26 @@ class NeuronMask:
         if self.mode == "activation":
             handles = []
             for name, site in sites.items():
-                idx = self.indices[name].to(site.out_module.weight.device)
+                # Indices follow the activations' device (weights may be on "meta" when offloaded): one copy each.
+                copies = {torch.device("cpu"): self.indices[name]}
 
-                def zero_neurons(module, args, idx=idx):
+                def zero_neurons(module, args, copies=copies):
+                    x = args[0]
+                    idx = copies.get(x.device)
+                    if idx is None:
+                        idx = copies[x.device] = copies[torch.device("cpu")].to(x.device)
                     # Out of place: the caller's tensor may be saved for backward or reused.
-                    return (args[0].index_fill(-1, idx, 0), *args[1:])
+                    return (x.index_fill(-1, idx, 0), *args[1:])
                 handles.append(site.out_module.register_forward_pre_hook(zero_neurons))
             self._applied = (model, handles)
             return self
+        problems = uneditable_sites(sites.values())  # check everything before touching anything
+        if problems:
+            name, problem = next(iter(problems.items()))
+            raise ValueError(f"mode={self.mode!r} edits weights, but at site {name} (and {len(problems) - 1} more) "
+                             f"the {problem}; use mode='activation', which masks activations and leaves weights "
+                             "untouched (NeuronMask(indices, mode='activation'))")
         targets = [(name, t) for name, site in sites.items() for t in self._targets(site)]
-        for name, (module, _, _) in targets:  # check everything before touching anything
-            w = module.weight
-            if not w.is_floating_point() or tuple(w.shape) != (module.out_features, module.in_features):
-                raise ValueError(f"site {name}: {type(module).__name__} weight is not a plain floating-point matrix "
-                                 f"(dtype {w.dtype}, shape {tuple(w.shape)}), e.g. quantized; use mode='activation', "
-                                 "which masks activations and leaves weights untouched")
         saved = []
         with torch.no_grad():
             for name, (_, tensor, dim) in targets:
