@@ -443,18 +443,26 @@ def transform_portrait(image: Image.Image, rng: random.Random) -> Image.Image:
                                for band, d in zip(cropped.convert("RGB").split(), shift)])
 
 
-def _draw_people(rng: random.Random, names: list[str], id_prefix: str, used_looks: set) -> list[Person]:
+# Attributes still visible when a portrait is shrunk to the tiny model's 32x32 input (eyes and earrings are not).
+COARSE_LOOKS = ("background", "pattern", "skin", "hair", "hair_style", "accessory")
+
+
+def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: list[dict]) -> list[Person]:
+    """People with random facts and looks; any two portraits differ in at least two coarse attributes, so that
+    every face stays identifiable at low resolution."""
     people = []
     for i, name in enumerate(names):
-        while True:
+        for _ in range(10_000):
             looks = {"background": rng.choice(PALETTE["background"]), "pattern": rng.random() < 0.5,
                      "face": rng.choice(FACE_SHAPES), "skin": rng.choice(PALETTE["skin"]),
                      "hair": rng.choice(PALETTE["hair"]), "hair_style": rng.choice(HAIR_STYLES),
                      "eyes": rng.choice(PALETTE["eyes"]), "accessory": rng.choice(ACCESSORIES)}
-            key = tuple(sorted((k, str(v)) for k, v in looks.items()))
-            if key not in used_looks:  # every portrait is distinct
-                used_looks.add(key)
+            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= 2 for other in drawn):
                 break
+        else:
+            raise ValueError(f"cannot draw {len(names)} portraits that differ in two coarse attributes; "
+                             "use fewer profiles")
+        drawn.append(looks)
         facts = {"name": name, **{fact: rng.choice(pool) for fact, pool in FACT_POOLS.items()}}
         people.append(Person(f"{id_prefix}{i + 1:03d}", name, facts, looks))
     return people
@@ -545,9 +553,9 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
     all_names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
     if n_profiles > len(all_names) or n_celebrities > len(CELEBRITY_NAMES):
         raise ValueError(f"at most {len(all_names)} profiles and {len(CELEBRITY_NAMES)} celebrities can be named")
-    used_looks: set = set()
-    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", used_looks)
-    celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", used_looks)
+    drawn: list[dict] = []
+    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", drawn)
+    celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", drawn)
     # Name distractors are other people of the same set: names never seen in training would be rarer strings,
     # which a likelihood scorer could reject without knowing anyone.
     pools = {"name": tuple(p.name for p in people), **FACT_POOLS}
