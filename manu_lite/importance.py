@@ -318,7 +318,9 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
             keep = current["keep"]
             if keep is not None:
                 if keep.device != x.device:  # a layer on another device than the inputs: one copy per device
-                    keep = current.setdefault(x.device, keep.to(x.device))
+                    if x.device not in current:
+                        current[x.device] = keep.to(x.device)
+                    keep = current[x.device]
                 x = x.index_select(0, keep)
         stats = table[site.name]
         if stats.sum.device != x.device:  # models split over devices: keep each site's totals with its layer
