@@ -13,8 +13,8 @@ padding, labels on the answer tokens (so statistics use recall positions, the de
 
 Measured, printed as one JSON line at the end:
 
-* ``overhead_ratio``: the median over interleaved pairs (plain forward of a batch, ``collect_stats`` on the same
-  batch; the order alternates) of hooked time / plain time, with quartiles. Each ``collect_stats`` call pays its
+* ``overhead_ratio``: the median over interleaved pairs (plain forward of a batch — no KV cache, like
+  ``collect_stats`` —, ``collect_stats`` on the same batch; the order alternates) of hooked time / plain time, with quartiles. Each ``collect_stats`` call pays its
   setup (totals, hook registration, a finiteness check that syncs), so this is an upper bound for long passes.
 * ``throughput_*_samples_per_s``: samples per second of one plain pass and one statistics pass over all batches.
 * memory: ``peak_bytes_*`` (``torch.cuda.max_memory_allocated`` over a pass of ``--batches`` batches; ``None``
@@ -29,18 +29,13 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hooks import plain_pass  # noqa: E402
-
-from manu_lite.hooks import find_sites, record_neurons  # noqa: E402
-from manu_lite.importance import collect_stats  # noqa: E402
-from manu_lite.models import TinySpec  # noqa: E402
+from manu_lite.hooks import find_sites, record_neurons
+from manu_lite.importance import collect_stats
+from manu_lite.models import TinySpec
 
 # LLaVA-1.5-7B: Vicuna-7B (Llama) text and CLIP ViT-L/14 at 336 px.
 LLAVA_7B = TinySpec(hidden=4096, layers=32, intermediate=11008, heads=32, vision_hidden=1024, vision_layers=24,
@@ -125,6 +120,13 @@ def peak_memory(device: torch.device, out: dict, key: str):
             out[key] = torch.cuda.max_memory_allocated(device)
         else:
             out[key] = None
+
+
+@torch.no_grad()
+def plain_pass(model, batches) -> None:
+    """Forward every batch (without labels), as ``collect_stats`` does: no KV cache, nothing kept."""
+    for batch in batches:
+        model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
 
 
 def naive_collect(model, sites, batches) -> tuple[list[torch.Tensor], bool]:

@@ -294,7 +294,8 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
     Models split over devices (``device_map="auto"``): each site's totals are kept on the device its
     activations arrive on, so nothing crosses devices per batch; merge with :meth:`StatsTable.to`.
 
-    Runs in eval mode under ``torch.no_grad()`` (the training mode is restored). Totals are float64 on the
+    Runs in eval mode under ``torch.no_grad()`` (the training mode is restored), with ``use_cache=False`` for
+    transformers models. Totals are float64 on the
     activations' device. Raises ``ValueError`` on NaN/Inf activations (naming the site and batch) and when no
     language-model token was selected.
     """
@@ -328,7 +329,10 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
         stats.update_(x)
 
     from tqdm.auto import tqdm
+    from transformers import PreTrainedModel
 
+    # A transformers model would otherwise fill a KV cache nobody reads (0.33 GB per image+text sample at 7B).
+    no_cache = {"use_cache": False} if isinstance(model, PreTrainedModel) else {}
     was_training = model.training
     if was_training:  # model.train()/eval() walk every module: only toggle when needed
         model.eval()
@@ -349,8 +353,8 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
                 current.clear()
                 current.update(keep=None if len(keep) == mask.numel() else keep.to(device),
                                n_positions=mask.numel(), shape=tuple(mask.shape))
-                model(**{k: (v.to(device) if isinstance(v, Tensor) else v)
-                         for k, v in batch.items() if k != "labels"})
+                model(**{**no_cache, **{k: (v.to(device) if isinstance(v, Tensor) else v)
+                                        for k, v in batch.items() if k != "labels"}})
                 _check_finite(table, i)
                 n_batches += 1
     finally:
