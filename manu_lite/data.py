@@ -445,11 +445,12 @@ def transform_portrait(image: Image.Image, rng: random.Random) -> Image.Image:
 
 # Attributes still visible when a portrait is shrunk to the tiny model's 32x32 input (eyes and earrings are not).
 COARSE_LOOKS = ("background", "pattern", "skin", "hair", "hair_style", "accessory")
+MIN_LOOK_DISTANCE = 3
 
 
 def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: list[dict]) -> list[Person]:
-    """People with random facts and looks; any two portraits differ in at least two coarse attributes, so that
-    every face stays identifiable at low resolution."""
+    """People with random facts and looks; any two portraits differ in at least ``MIN_LOOK_DISTANCE`` coarse
+    attributes, so that every face stays identifiable at low resolution."""
     people = []
     for i, name in enumerate(names):
         for _ in range(10_000):
@@ -457,10 +458,10 @@ def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: li
                      "face": rng.choice(FACE_SHAPES), "skin": rng.choice(PALETTE["skin"]),
                      "hair": rng.choice(PALETTE["hair"]), "hair_style": rng.choice(HAIR_STYLES),
                      "eyes": rng.choice(PALETTE["eyes"]), "accessory": rng.choice(ACCESSORIES)}
-            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= 2 for other in drawn):
+            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= MIN_LOOK_DISTANCE for other in drawn):
                 break
         else:
-            raise ValueError(f"cannot draw {len(names)} portraits that differ in two coarse attributes; "
+            raise ValueError(f"cannot draw {len(names)} portraits that differ in {MIN_LOOK_DISTANCE} coarse attributes; "
                              "use fewer profiles")
         drawn.append(looks)
         facts = {"name": name, **{fact: rng.choice(pool) for fact, pool in FACT_POOLS.items()}}

@@ -30,8 +30,8 @@ class TrainConfig:
     """Memorization fine-tune settings. ``lora=True`` trains peft LoRA adapters (large models) and merges them."""
 
     epochs: int = 30
-    lr: float = 2e-3
-    batch_size: int = 32
+    lr: float = 3e-3
+    batch_size: int = 64
     weight_decay: float = 0.0
     warmup_steps: int = 20
     seed: int = 0
