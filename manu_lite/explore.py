@@ -56,13 +56,20 @@ def profile_world(profile: Profile, forget: str | None = None, max_retain: int |
     return load_world(profile.data, forget, max_retain=max_retain)
 
 
-def profile_model(profile: Profile, world: World | None = None, progress: bool = True):
+def profile_model(profile: Profile, world: World | None = None, progress: bool | None = None):
     """The vanilla model of a profile: ``(model, processor, adapter)``.
 
     ``tiny``: the tiny LLaVA trained on ``world`` (trained once, then loaded from the cache). Otherwise the
     profile's checkpoint (e.g. ``MLLMMU/LLaVA_Vanilla``) in its dtype, 4-bit where the profile says so, spread over
-    the available GPUs.
+    the available GPUs. ``progress=None`` shows progress bars only in a live session (:func:`interactive`): in a
+    saved notebook a bar is frozen at its first state.
     """
+    if progress is None:
+        progress = interactive()
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if profile.model == "tiny":
         if world is None:
             raise ValueError("the tiny model is trained on a world: pass world=profile_world(profile)")
@@ -81,6 +88,15 @@ def profile_eval(profile: Profile, **overrides):
 
     base = TINY_EVAL if profile.model == "tiny" else EvalConfig(batch_size=profile.batch_size)
     return dataclasses.replace(base, **overrides)
+
+
+def results_frame(results):
+    """Scores in percent, rows (set, task), columns (method, rendering): a compact view of
+    :class:`~manu_lite.evaluate.Results` for a notebook."""
+    frame = results.frame()
+    frame["value"] = 100 * frame["value"]
+    table = frame.pivot_table(index=["set", "task"], columns=["method", "rendering"], values="value", sort=False)
+    return table.round(1)
 
 
 def subsample(world: World, retain: int | None, seed: int = 0) -> World:
@@ -213,7 +229,7 @@ def activation_comparison(stats: Mapping[str, Mapping[str, "object"]], sites: Se
     for ax, site in zip(axes[0], language):
         x = stats["image_text"][site].mean_abs.numpy()
         y = stats["text_only"][site].mean_abs.numpy()
-        r = float(torch.corrcoef(torch.tensor([x, y]))[0, 1])
+        r = float(torch.corrcoef(torch.stack([torch.as_tensor(x), torch.as_tensor(y)]))[0, 1])
         ax.scatter(x, y, s=6, alpha=0.6, color="#555")
         top = max(x.max(), y.max()) * 1.05
         ax.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":")
@@ -254,7 +270,10 @@ def score_distributions(scores: Mapping[str, Mapping[str, torch.Tensor]], select
                 if chosen:
                     ax.axvline(float(torch.cat(chosen).min() + shift), color=colour, linestyle="--", linewidth=1)
         ax.set_xscale("log")
-        ax.set_xlabel("score" + (" + offset" if formulation == "reference" else ""))
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("score" + (" + offset (it can be negative)" if formulation == "reference" else ""))
         ax.set_ylabel("neurons")
         ax.set_title(f"formulation = {formulation!r}", fontsize=9)
         ax.legend(fontsize=7)
@@ -475,8 +494,9 @@ def heatmap_explorer(selections: Mapping[str, Mapping[str, Mapping]]) -> None:
     axes = fig.subplots(1, len(selections), squeeze=False)[0]
     for ax, (name, summaries) in zip(axes, selections.items()):
         layer_heatmap({f"{a:g}" if isinstance(a, float) else str(a): m for a, m in summaries.items()},
-                      title=f"{name}: % of layer selected, per α", ax=ax)
-        ax.set_xlabel("α")
+                      title=name, ax=ax)
+        ax.set_xlabel("α (%)")
+    fig.suptitle("% of each layer's neurons selected, per α (vision above the blue line, language below)", fontsize=9)
     show(fig)
     if not interactive():
         return
