@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .artifacts import write_json
 from .data import OPTION_LETTERS, MCQuestion, World
-from .models import Item, PromptAdapter, answer_nll, collate, encode_item, model_device, to_device, _tokenizer
+from .models import (Item, PromptAdapter, _tokenizer, answer_nll, check_context, collate, encode_item, model_device,
+                     to_device)
 
 SETS = ("forget", "test", "retain", "celebrity")
 RENDERINGS = ("image_text", "text_only")
@@ -92,6 +93,16 @@ def first_letter(response: str, options: dict[str, str]) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------- model calls
+def _batches_by_rendering(items: list[Item], batch_size: int):
+    """Index lists of at most ``batch_size`` items, each of one rendering (image inputs cannot be mixed)."""
+    order = sorted(range(len(items)), key=lambda i: items[i].rendering)
+    for k in range(0, len(order), batch_size):
+        by_rendering: dict[str, list[int]] = {}
+        for i in order[k:k + batch_size]:
+            by_rendering.setdefault(items[i].rendering, []).append(i)
+        yield from by_rendering.values()
+
+
 @torch.no_grad()
 def generate(model, processor, adapter: PromptAdapter, items: list[Item], config: EvalConfig,
              progress: bool = False, desc: str = "generate") -> list[str]:
@@ -99,21 +110,17 @@ def generate(model, processor, adapter: PromptAdapter, items: list[Item], config
     tokenizer = _tokenizer(processor)
     device = model_device(model)
     outputs: list[str | None] = [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: items[i].rendering)
-    chunks = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
-    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        by_rendering: dict[str, list[int]] = {}
-        for i in chunk:
-            by_rendering.setdefault(items[i].rendering, []).append(i)
-        for indices in by_rendering.values():
-            encoded = [encode_item(processor, adapter, items[i]) for i in indices]
-            batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
-            batch.pop("labels")
-            generated = model.generate(**to_device(batch, device), max_new_tokens=config.max_new_tokens,
-                                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]
-            for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                outputs[i] = text.strip()
+    for indices in tqdm(list(_batches_by_rendering(items, config.batch_size)), desc=desc, disable=not progress,
+                        leave=False):
+        encoded = [encode_item(processor, adapter, items[i]) for i in indices]
+        batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
+        batch.pop("labels")
+        check_context(model, batch["input_ids"], config.max_new_tokens)
+        generated = model.generate(**to_device(batch, device), max_new_tokens=config.max_new_tokens,
+                                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new_tokens = generated[:, batch["input_ids"].shape[1]:]
+        for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            outputs[i] = text.strip()
     return outputs
 
 
@@ -123,16 +130,10 @@ def option_logprobs(model, processor, adapter: PromptAdapter, items: list[Item],
     device = model_device(model)
     pad = _tokenizer(processor).pad_token_id
     scores: list[float] = [0.0] * len(items)
-    order = sorted(range(len(items)), key=lambda i: items[i].rendering)
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
-        by_rendering: dict[str, list[int]] = {}
-        for i in chunk:
-            by_rendering.setdefault(items[i].rendering, []).append(i)
-        for indices in by_rendering.values():
-            batch = collate([encode_item(processor, adapter, items[i], add_eos=False) for i in indices], pad)
-            for i, nll in zip(indices, answer_nll(model, to_device(batch, device), per_sequence=True).tolist()):
-                scores[i] = -nll
+    for indices in _batches_by_rendering(items, batch_size):
+        batch = collate([encode_item(processor, adapter, items[i], add_eos=False) for i in indices], pad)
+        for i, nll in zip(indices, answer_nll(model, to_device(batch, device), per_sequence=True).tolist()):
+            scores[i] = -nll
     return scores
 
 

@@ -220,6 +220,10 @@ def encode_item(processor, adapter: PromptAdapter, item: Item, add_eos: bool = T
     images = list(item.prefix_images) + ([item.image] if item.rendering == "image_text" else [])
     if item.rendering == "image_text" and item.image is None:
         raise ValueError(f"image+text item without an image: {item.question!r}")
+    if IMAGE_TOKEN in prompt and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN!r} token, so image+text prompts cannot place the image; "
+                         "use the processor that ships with the checkpoint (AutoProcessor.from_pretrained(name)) "
+                         "or add the token (tokenizer.add_special_tokens)")
     if images:
         encoded = processor(text=[prompt], images=images, return_tensors="pt")
     else:
@@ -318,6 +322,7 @@ def answer_nll(model, batch: dict, per_sequence: bool = False) -> torch.Tensor:
     Returns a scalar (token-mean over the batch) or, with ``per_sequence``, a [B] tensor of per-sequence
     *summed* answer NLLs.
     """
+    check_context(model, batch["input_ids"])
     logits = model(**model_inputs(batch)).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
@@ -326,3 +331,20 @@ def answer_nll(model, batch: dict, per_sequence: bool = False) -> torch.Tensor:
     if per_sequence:
         return token_nll.sum(dim=1)
     return token_nll.sum() / mask.sum().clamp(min=1)
+
+
+def context_length(model) -> int | None:
+    """The language model's context in tokens (``max_position_embeddings``), if the config states one."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def check_context(model, input_ids: torch.Tensor, new_tokens: int = 0) -> None:
+    """Refuse prompts (``input_ids`` [B, T]) that, with ``new_tokens`` to generate, exceed the model's context."""
+    limit = context_length(model)
+    if limit is not None and input_ids.shape[1] + new_tokens > limit:
+        raise ValueError(
+            f"a prompt of {input_ids.shape[1]} tokens (+{new_tokens} to generate) exceeds the model's context of "
+            f"{limit} tokens; shorten the questions, use fewer few-shot examples (EvalConfig.few_shot) or fewer "
+            "images per prompt")
