@@ -183,7 +183,8 @@ def _parse_eval_row(row: dict, where: str) -> ProfileRecord:
             options = {k: v for k, v in (_require(item, "Options", dict, at)).items() if v is not None}
             answer = str(_require(item, "Correct_Answer", str, at)).strip()
             if answer not in options:
-                raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}")
+                raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}; "
+                                       "set it to the letter of the right option")
             questions.append(MCQuestion(_require(item, "Question", str, at), options, answer))
         record.mc[rendering] = questions
     for task, attr in (("Generation_Task", "generation"), ("Mask_Task", "cloze")):
@@ -192,7 +193,8 @@ def _parse_eval_row(row: dict, where: str) -> ProfileRecord:
             at = f"{where} {task}[{i}]"
             kind = item.get("Type")
             if kind not in TYPE_TO_RENDERING:
-                raise BenchSchemaError(f"{at}: Type {kind!r} is not one of {sorted(TYPE_TO_RENDERING)}")
+                raise BenchSchemaError(f"{at}: Type {kind!r} is not one of {sorted(TYPE_TO_RENDERING)}; set Type to "
+                                       "'Image_Textual' (the question shows the image) or 'Pure_Text'")
             buckets[TYPE_TO_RENDERING[kind]].append(
                 OpenQuestion(_require(item, "Question", str, at), str(_require(item, "Ground_Truth", (str, int), at))))
         setattr(record, attr, buckets)
@@ -219,7 +221,7 @@ def _parse_train_row(row: dict, where: str) -> ProfileRecord:
 
 def _split_files(source: str, config: str) -> list[str]:
     if config not in CONFIGS:
-        raise BenchSchemaError(f"unknown config {config!r}; MLLMU-Bench has {', '.join(CONFIGS)}")
+        raise BenchSchemaError(f"unknown config {config!r}; choose one of MLLMU-Bench's: {', '.join(CONFIGS)}")
     if os.path.isdir(source):
         files = sorted(glob.glob(os.path.join(source, config, "*.parquet")))
         if not files:

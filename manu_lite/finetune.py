@@ -69,7 +69,8 @@ def train(model, processor, adapter: PromptAdapter, items: list[Item], config: T
           desc: str = "fine-tune") -> list[float]:
     """Minimise the answer-token NLL on ``items``; returns the loss of every step. Seeded and deterministic."""
     if not items:
-        raise ValueError("no training items: the data holds no question/answer pairs for these renderings")
+        raise ValueError("no training items: the data holds no question/answer pairs for these renderings; check the "
+                         "split (training format, qa_pairs) and TrainConfig.renderings")
     torch.manual_seed(config.seed)
     if config.lora:
         model = _add_lora(model, config.lora_r)

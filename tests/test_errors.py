@@ -1,0 +1,133 @@
+"""Every row of the error catalogue (book/errors.md) is triggered for real and must match what the page says."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from manu_lite import artifacts, config, data, finetune, hooks, importance, models, prune
+
+from test_data import _eval_row, _train_row, _write_raw
+
+CATALOGUE = Path(__file__).resolve().parents[1] / "book" / "errors.md"
+
+
+def catalogue_rows() -> list[tuple[str, str, str]]:
+    """(id, exception, message excerpt) of each row whose exception is not '(none)'."""
+    rows = []
+    for line in CATALOGUE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] not in ("id", "---") and cells[2] != "(none)":
+            rows.append((cells[0], cells[2].strip("`"), cells[3].strip("`")))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.build_tiny(["USER: <image>\nWho is this person?\nASSISTANT: Ann Lee."] * 10)
+
+
+def _load_bad_row(tmp_path, change):
+    row = _eval_row()
+    change(row)
+    _write_raw(tmp_path, "Full_Set", [row])
+    data.load_bench(str(tmp_path), "Full_Set")
+
+
+def _nan_stats(tiny):
+    model, processor, adapter = tiny
+    batch = models.encode(processor, adapter, [models.Item("Who?", "text_only", answer="Ann")])
+    site = hooks.find_sites(model, ("language",))[0]
+    handle = site.out_module.register_forward_pre_hook(lambda m, args: (args[0] * float("nan"),))
+    try:
+        importance.collect_stats(model, [batch], [site], progress=False)
+    finally:
+        handle.remove()
+
+
+def _no_image_token():
+    from PIL import Image
+
+    tokenizer = models.train_tokenizer(["USER: hello\nASSISTANT: hi"] * 5, 300)
+    tokenizer = type(tokenizer)(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(
+        tokenizer.backend_tokenizer.to_str().replace('"<image>"', '"<img>"')), unk_token="<unk>", pad_token="<pad>")
+    processor = io.StringIO()  # any object: the check fires before the processor is used
+    processor.tokenizer = tokenizer
+    models.encode_item(processor, models.PromptAdapter(), models.Item("Who?", "image_text", Image.new("RGB", (8, 8))))
+
+
+def _corrupt(tmp_path):
+    run = artifacts.RunManifest(tmp_path, {})
+    (tmp_path / "a.json").write_text("1")
+    run.complete("step", [tmp_path / "a.json"])
+    (tmp_path / "a.json").write_text("2")
+    artifacts.RunManifest(tmp_path, {}, resume=True).done("step")
+
+
+def _resume_other(tmp_path):
+    artifacts.RunManifest(tmp_path, {"seed": 0})
+    artifacts.RunManifest(tmp_path, {"seed": 1}, resume=True)
+
+
+def _foreign_mask(tiny):
+    model, _, _ = tiny
+    site = hooks.find_sites(model, ("language",))[0]
+    prune.NeuronMask({site.name: [0]}, meta={"widths": {site.name: site.width * 2}}).check_fits(model)
+
+
+TRIGGERS = {
+    "missing-column": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.pop("Mask_Task")),
+    "unknown-columns": lambda tmp, tiny: (_write_raw(tmp, "Full_Set", [{"picture": b"", "ID": "1"}]),
+                                          data.load_bench(str(tmp), "Full_Set")),
+    "mistyped-field": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(Generation_Task="oops")),
+    "undecodable-image": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(image={"bytes": b"xx", "path": None})),
+    "missing-image": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(image=None)),
+    "bad-answer-letter": lambda tmp, tiny: _load_bad_row(
+        tmp, lambda r: r["Classification_Task"]["Image_Textual_Questions"][0].update(Correct_Answer="E")),
+    "bad-metadata": lambda tmp, tiny: (_write_raw(tmp, "ft_Data", [{**_train_row(), "metadata": "{oops"}]),
+                                       data.load_bench(str(tmp), "ft_Data")),
+    "empty-split": lambda tmp, tiny: (_write_raw(tmp, "Full_Set", [], data.EVAL_SCHEMA),
+                                      data.load_bench(str(tmp), "Full_Set")),
+    "unknown-config": lambda tmp, tiny: data.load_bench(str(tmp), "forget_20"),
+    "hub-offline": lambda tmp, tiny: data.load_bench("MLLMMU/MLLMU-Bench", "forget_5"),
+    "id-overlap": lambda tmp, tiny: ([data.write_split([_eval_row("007")], data.EVAL_SCHEMA, tmp, c)
+                                      for c in ("forget_10", "retain_90")], data.load_world(str(tmp), "forget_10")),
+    "evaluation-format": lambda tmp, tiny: (data.write_split([_eval_row()], data.EVAL_SCHEMA, tmp, "forget_5"),
+                                            data.require_training_format(data.load_bench(str(tmp), "forget_5"),
+                                                                         "forget_5")),
+    "alpha-zero": lambda tmp, tiny: config.ManuConfig(alpha=0),
+    "alpha-too-big": lambda tmp, tiny: config.ManuConfig(alpha=150),
+    "negative-tau": lambda tmp, tiny: config.ManuConfig(tau=-0.1),
+    "zero-epsilon": lambda tmp, tiny: config.ManuConfig(epsilon=0),
+    "unknown-formulation": lambda tmp, tiny: config.ManuConfig(formulation="papr"),
+    "unknown-profile": lambda tmp, tiny: config.resolve_profile("laptop"),
+    "unknown-prune-mode": lambda tmp, tiny: config.ManuConfig(prune_mode="zero"),
+    "foreign-mask": lambda tmp, tiny: _foreign_mask(tiny),
+    "no-mlp": lambda tmp, tiny: hooks.find_sites(torch.nn.Sequential(torch.nn.Linear(2, 2))),
+    "context-overflow": lambda tmp, tiny: models.check_context(tiny[0], torch.zeros(1, 300, dtype=torch.long)),
+    "no-image-token": lambda tmp, tiny: _no_image_token(),
+    "nan-activations": lambda tmp, tiny: _nan_stats(tiny),
+    "no-training-items": lambda tmp, tiny: finetune.train(*tiny, [], finetune.TrainConfig(), progress=False),
+    "corrupt-artifact": lambda tmp, tiny: _corrupt(tmp),
+    "resume-other-settings": lambda tmp, tiny: _resume_other(tmp),
+}
+
+
+def test_catalogue_lists_every_trigger_and_enough_cases():
+    ids = [row[0] for row in catalogue_rows()]
+    assert sorted(ids) == sorted(TRIGGERS) and len(ids) >= 15
+
+
+@pytest.mark.parametrize("case, exception, excerpt", catalogue_rows())
+def test_documented_error(case, exception, excerpt, tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception) as info:
+        TRIGGERS[case](tmp_path, tiny)
+    assert type(info.value).__name__ == exception, f"{case}: got {type(info.value).__name__}: {info.value}"
+    assert excerpt in str(info.value), f"{case}: {excerpt!r} not in {str(info.value)!r}"
+    # A message names a fix: some imperative or an alternative, not just the symptom.
+    assert re.search(r"use|choose|pass|rerun|fix|check|delete|download|regenerate|re-export|every|add|"
+                     r"register|shorten|compute|must|e\.g\.|expected|need|set ", str(info.value), re.IGNORECASE), case
