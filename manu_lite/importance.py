@@ -25,19 +25,17 @@ Two selections (``ManuConfig.selection``):
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from .artifacts import atomic_path
 from .config import RENDERINGS, SCOPES, TOWERS, ManuConfig
 from .hooks import (NeuronSite, execution_device, find_sites, record_neurons, site_layer, site_tower,
                     token_mask_from_batch)
@@ -229,7 +227,7 @@ class StatsTable(dict):
         tensors = {f"{name}/{field}": t.detach().cpu().contiguous()
                    for name, s in self.items() for field, t in s.tensors().items()}
         taus = {name: s.tau for name, s in self.items()}
-        with atomic_output(path) as tmp:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"format": "manu-lite-stats", "tau": json.dumps(taus)})
 
     @classmethod
@@ -244,24 +242,6 @@ class StatsTable(dict):
             return cls({name: NeuronStats(count=f.get_tensor(f"{name}/count"),
                                           **{fl: f.get_tensor(f"{name}/{fl}") for fl in _FIELDS}, tau=tau)
                         for name, tau in taus.items()})
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; on success move it over ``path`` (``os.replace``), else delete it.
-
-    Readers never see a half-written file, and an interrupted save leaves the old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------------------------------

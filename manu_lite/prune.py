@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from .config import PRUNE_MODES
 from .hooks import NeuronSite, find_sites, site_layer, site_tower
-from .importance import atomic_output, selection_summary
+from .artifacts import atomic_path
+from .importance import selection_summary
 
 FORMAT = "manu-lite-mask"
 VERSION = 1
@@ -245,9 +246,9 @@ class NeuronMask:
 
         path = Path(path)
         info = {"format": FORMAT, "version": VERSION, "mode": self.mode, **self.meta, "counts": self.summary()}
-        with atomic_output(path / "mask.safetensors") as tmp:
+        with atomic_path(path / "mask.safetensors") as tmp:
             save_file({n: i.contiguous() for n, i in self.indices.items()}, tmp, metadata={"format": FORMAT})
-        with atomic_output(path / "mask.json") as tmp:
+        with atomic_path(path / "mask.json") as tmp:
             Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         return path
 
