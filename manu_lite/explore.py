@@ -47,13 +47,26 @@ def profile_world(profile: Profile, forget: str | None = None, max_retain: int |
     if profile.data == "synthetic":
         from .workflow import tiny_world
 
-        world = tiny_world(book_workdir() / "tiny", forget)
+        world = tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget)
         if max_retain is not None and len(world.retain) > max_retain:
             world = dataclasses.replace(world, retain=random.Random(0).sample(world.retain, max_retain))
         return world
     from .data import load_world
 
     return load_world(profile.data, forget, max_retain=max_retain)
+
+
+def _generator_digest() -> str:
+    """A short hash of the synthetic generator's source: a changed generator writes a fresh world directory
+    instead of reusing one written by an older version."""
+    import hashlib
+
+    from . import data, workflow
+
+    digest = hashlib.sha256()
+    for module in (data, workflow):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def profile_model(profile: Profile, world: World | None = None, progress: bool | None = None):
@@ -403,6 +416,46 @@ def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence
         masks[float(alpha)] = mask.summary()
     frame = pd.DataFrame(rows)[["alpha", "set", "rendering", "task", "value", "n"]]
     return Sweep(frame, masks, config.to_dict())
+
+
+def custom_selection(stats, score_fn, alpha: float, towers: Sequence[str] = ("language", "vision"),
+                     scope: str = "global") -> dict[str, torch.Tensor]:
+    """Select with your own per-rendering score ``score_fn(forget: NeuronStats, retain: NeuronStats) -> [width]``:
+    one ranking per rendering (sites that saw tokens in both datasets), interleaved as ``selection="union"`` does."""
+    from .hooks import site_tower
+    from .importance import select_union
+
+    rankings = []
+    for rendering in RENDERINGS:
+        forget, retain = stats.get(("forget", rendering)), stats.get(("retain", rendering))
+        if forget is None or retain is None:
+            continue
+        ranking = {name: score_fn(forget[name], retain[name]).detach().double() for name in forget
+                   if site_tower(name) in towers and name in retain and forget[name].count > 0
+                   and retain[name].count > 0}
+        if ranking:
+            rankings.append(ranking)
+    return select_union(rankings, alpha, scope)
+
+
+def compare_selections(model, processor, adapter, world: World, selections: Mapping[str, Mapping[str, torch.Tensor]],
+                       evaluation, retain_people: int | None = 10):
+    """Evaluate several selections (label → site → indices) on forget and a retain subsample; returns the drops
+    from vanilla in points (mean of the three tasks), rows = labels, columns = (set, rendering)."""
+    import pandas as pd
+
+    from .evaluate import evaluate
+    from .prune import NeuronMask
+
+    sub = subsample(world, retain_people)
+    evaluation = dataclasses.replace(evaluation, sets=("forget", "retain"))
+    rows = list(evaluate(model, processor, adapter, sub, evaluation, method="vanilla", progress=False))
+    for label, indices in selections.items():
+        with NeuronMask(indices).applied(model):
+            rows += evaluate(model, processor, adapter, sub, evaluation, method=label, progress=False)
+    frame = pd.DataFrame(rows)
+    mean = frame.groupby(["method", "set", "rendering"])["value"].mean().unstack(["set", "rendering"]) * 100
+    return (mean.loc["vanilla"] - mean).drop(index="vanilla").loc[list(selections)].round(1)
 
 
 def sweep_figure(sweep: Sweep):
