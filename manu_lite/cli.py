@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--scope", default=defaults.scope, choices=SCOPES)
     unlearn.add_argument("--towers", default=",".join(defaults.towers), help="comma-separated: language,vision")
     unlearn.add_argument("--prune-mode", default=defaults.prune_mode, choices=PRUNE_MODES)
+    compare = commands.add_parser("compare", help="Vanilla, GA, GradDiff, KL, NPO and MANU on one world: tables, sweeps, "
+                                  "attacks, cost, figures")
+    _world_args(compare)
+    compare.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path (then LoRA baselines)")
+    compare.add_argument("--methods", default=None, help="comma-separated subset of vanilla,ga,graddiff,kl,npo,"
+                         "manu-paper,manu-reference (default: all)")
+    compare.add_argument("--renderings", default="image_text", choices=["image_text", "text_only", "both"],
+                         help="what the gradient baselines train on (the benchmark: image_text)")
+    compare.add_argument("--steps", type=int, default=None, help="gradient baselines: optimizer steps")
+    compare.add_argument("--lr", type=float, default=None, help="gradient baselines: learning rate")
+    compare.add_argument("--alpha", type=float, default=None, help="MANU: percent of neurons to prune")
+    compare.add_argument("--no-sweeps", action="store_true", help="skip the alpha and step sweeps")
+    compare.add_argument("--no-attacks", action="store_true", help="skip relearning and membership inference")
     return parser
 
 
@@ -70,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "finetune":
         workflow.tiny_vanilla(world, args.seed, epochs=args.epochs)
         print(f"tiny vanilla model ready (cache: {workflow.cache_dir()})")
+        return 0
+    if args.command == "compare":
+        from .compare import compare_command
+
+        print(compare_command(world, args))
+        print(f"\nwrote tables, JSON and figures to {args.out} in {time.perf_counter() - started:.0f} s")
         return 0
     if args.command == "evaluate":
         results = workflow.evaluate_model(world, args, run)

@@ -11,7 +11,6 @@ from manu_lite.baselines import (FrozenReference, UnlearnConfig, answer_kl, ga_l
 from manu_lite.finetune import training_items
 from manu_lite.models import answer_nll, encode
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
