@@ -42,8 +42,8 @@ def model_cache(tmp_path_factory):
         os.environ["MANU_LITE_CACHE"] = previous
 
 
-# Few epochs: enough to learn well above chance in seconds; the CLI's ``--epochs 15`` hits the same cache entry.
-SMALL_EPOCHS = 15
+# Few epochs: enough to learn well above chance in seconds; the CLI's ``--epochs 25`` hits the same cache entry.
+SMALL_EPOCHS = 25
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,9 @@ def test_vanilla_model_learns_the_world(small_world, small_vanilla):
     model, processor, adapter = small_vanilla
     config = EvalConfig(instructions=False, max_new_tokens=24, sets=("retain", "celebrity"), tasks=("mc", "generation"))
     results = evaluate(model, processor, adapter, small_world, config, progress=False)
-    # Eight epochs on a 24-person world: far above chance (25 % MC, ~0 ROUGE-L), not yet perfect.
-    assert all(r["value"] > 0.5 for r in results), list(results)
+    # A short training on a 24-person world: far above chance (25 % MC, ~0 ROUGE-L), not yet perfect
+    # (measured 0.80–0.96 MC and 0.83–0.89 ROUGE-L).
+    assert all(r["value"] > 0.6 for r in results), list(results)
 
 
 def test_cache_returns_the_same_model(small_world, small_vanilla):
