@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from manu_lite.config import ManuConfig
 from manu_lite.evaluate import EvalConfig, evaluate
 from manu_lite.hooks import find_sites
 from manu_lite.importance import select
@@ -46,6 +45,9 @@ def main() -> None:
     parser.add_argument("--selection", default=TINY_MANU.selection)
     parser.add_argument("--positions", default=TINY_MANU.positions)
     parser.add_argument("--towers", default=",".join(TINY_MANU.towers))
+    parser.add_argument("--scope", default=TINY_MANU.scope, help="global, tower or layer")
+    parser.add_argument("--weights", default=None,
+                        help='statistic weights as JSON, e.g. \'{"rms": 1}\' (default: the formulation\'s)')
     parser.add_argument("--forget", default="forget_10")
     parser.add_argument("--out", default="runs/manu_demo_seeds")
     parser.add_argument("--threads", type=int, default=None)
@@ -53,7 +55,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = replace(TINY_MANU, formulation=args.formulation, selection=args.selection, positions=args.positions,
-                     towers=tuple(args.towers.split(",")))
+                     towers=tuple(args.towers.split(",")), scope=args.scope,
+                     weights=json.loads(args.weights) if args.weights else TINY_MANU.weights)
     eval_config = EvalConfig(**{**TINY_EVAL.__dict__, "sets": SETS, "tasks": ("mc", "generation")})
     per_alpha: dict[float, list[dict]] = {alpha: [] for alpha in args.alphas}
     for seed in args.seeds:
