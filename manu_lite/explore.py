@@ -232,6 +232,27 @@ def questions_frame(record):
     return pd.DataFrame(rows, columns=["task", "rendering", "question", "options", "answer"])
 
 
+def schema_frame(schema, max_depth: int = 4):
+    """A pyarrow schema as one row per leaf field: dotted path (``[]`` marks a list) and type."""
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = []
+
+    def walk(name, dtype, depth):
+        if pa.types.is_struct(dtype) and depth < max_depth:
+            for child in dtype:
+                walk(f"{name}.{child.name}", child.type, depth + 1)
+        elif pa.types.is_list(dtype) and depth < max_depth:
+            walk(f"{name}[]", dtype.value_type, depth + 1)
+        else:
+            rows.append({"field": name, "type": str(dtype)})
+
+    for field in schema:
+        walk(field.name, field.type, 0)
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------------- 02: activations
 def activation_comparison(stats: Mapping[str, Mapping[str, "object"]], sites: Sequence[str]):
     """Mean |activation| per neuron, image+text against text-only, one panel per language site, plus the vision
@@ -372,6 +393,45 @@ def layer_heatmap(summaries: Mapping[str, Mapping], title: str = "share of each 
 
 
 # --------------------------------------------------------------------------------- 04: the alpha sweep
+@torch.no_grad()
+def verify_mask(model, mask, batch) -> "object":
+    """Check, on one batch, every claim a neuron-removal mask makes; returns a ``pandas.Series`` claim → bool.
+
+    Inside ``mask.applied(model)``: the pruned neurons' activations are exactly 0, their ``down_proj``/``fc2``
+    columns and ``gate/up_proj``/``fc1`` rows are zero, and nothing but those rows and columns changed. After the
+    block: every parameter is bit-identical to before.
+    """
+    import pandas as pd
+
+    from .hooks import find_sites, record_neurons
+    from .models import model_inputs
+
+    sites = {s.name: s for s in find_sites(model)}
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pruned = {n: i for n, i in mask.indices.items() if len(i)}
+    claims = {}
+    with mask.applied(model):
+        acts = {}
+        with record_neurons(model, [sites[n] for n in pruned], lambda s, a: acts.setdefault(s.name, a)):
+            model(**model_inputs(batch))
+        claims["pruned neurons' activations are exactly 0"] = all(
+            float(acts[n][..., i].abs().max()) == 0 for n, i in pruned.items() if n in acts)
+        claims["their down_proj / fc2 columns are zero"] = all(
+            bool((sites[n].out_module.weight[:, i] == 0).all()) for n, i in pruned.items())
+        claims["their gate_proj, up_proj / fc1 rows (and biases) are zero"] = all(
+            bool((m.weight[i] == 0).all()) and (m.bias is None or bool((m.bias[i] == 0).all()))
+            for n, i in pruned.items() for m in sites[n].in_modules)
+        allowed = 0
+        for n, i in pruned.items():
+            out, ins = sites[n].out_module, sites[n].in_modules
+            allowed += len(i) * (out.weight.shape[0] + sum(m.weight.shape[1] + (m.bias is not None) for m in ins))
+        changed = sum(int((v != before[k]).sum()) for k, v in model.state_dict().items())
+        claims["nothing else changed (changed entries ≤ those rows and columns)"] = 0 < changed <= allowed
+    claims["after restore: every parameter bit-identical"] = all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    return pd.Series(claims, name="holds")
+
+
 @dataclasses.dataclass
 class Sweep:
     """An alpha sweep: tidy scores (``alpha, set, rendering, task, value``; alpha 0 = vanilla) and, per alpha,
