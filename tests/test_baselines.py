@@ -66,8 +66,10 @@ def test_kl_is_zero_at_the_reference_and_positive_elsewhere(small_vanilla, batch
     ref_logits = reference.logits(retain)
     assert answer_kl(model, ref_logits, retain).item() == pytest.approx(0.0, abs=1e-6)
     # at the reference, KL's gradient vanishes: the kl loss then has GA's gradient
-    torch.testing.assert_close(_grad(model, lambda m: kl_loss(m, forget, retain, ref_logits)),
-                               _grad(model, lambda m: ga_loss(m, forget)), atol=1e-6, rtol=1e-4)
+    # (compared as whole vectors: single float32 entries carry ~1e-6 of rounding noise)
+    kl_grad, ga_grad = (_grad(model, lambda m: kl_loss(m, forget, retain, ref_logits)),
+                        _grad(model, lambda m: ga_loss(m, forget)))
+    assert (kl_grad - ga_grad).norm() <= 1e-4 * ga_grad.norm()
     assert answer_kl(_perturbed(model), ref_logits, retain).item() > 1e-4
 
 
