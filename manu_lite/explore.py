@@ -103,6 +103,16 @@ def profile_eval(profile: Profile, **overrides):
     return dataclasses.replace(base, **overrides)
 
 
+def profile_manu(profile: Profile) -> ManuConfig:
+    """MANU's settings for a profile: on ``tiny`` the tuned ones of :data:`manu_lite.workflow.TINY_MANU` (language
+    MLPs, alpha 30: the best forget/retain trade-off found on the tiny world); elsewhere the paper's defaults."""
+    if profile.model == "tiny":
+        from .workflow import TINY_MANU
+
+        return TINY_MANU
+    return ManuConfig()
+
+
 def results_frame(results):
     """Scores in percent, rows (set, task), columns (method, rendering): a compact view of
     :class:`~manu_lite.evaluate.Results` for a notebook."""
