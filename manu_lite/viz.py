@@ -14,31 +14,27 @@ def _save(fig, path: Path, data) -> Path:
     return path
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(*args, figsize, **kwargs):
+    """``(fig, axes)`` like ``plt.subplots``, on a bare Figure: no pyplot state, no backend switch, so a user's
+    inline plots keep working after the package draws a figure."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _finish(fig, path, data) -> Path:
-    """Lay out, save (PNG + JSON of ``data``) and close ``fig``."""
-    plt = _pyplot()
+    """Lay out and save ``fig`` (PNG + JSON of ``data``)."""
     fig.tight_layout()
-    path = _save(fig, path, data)
-    plt.close(fig)
-    return path
+    return _save(fig, path, data)
 
 
 def plot_results(results, path) -> Path:
     """Bars per set × rendering for each task, one colour per method; also writes the data as JSON."""
-    plt = _pyplot()
     frame = results.frame()
     tasks = list(dict.fromkeys(frame["task"]))
     methods = list(dict.fromkeys(frame["method"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), sharey=True, squeeze=False)
+    fig, axes = _subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = frame[frame["task"] == task]
         groups = list(dict.fromkeys(zip(sub["set"], sub["rendering"])))
@@ -67,10 +63,11 @@ def plot_tradeoff(points: list[dict], path) -> Path:
     curve follows its knob (alpha or steps), annotated at every point. Upper left is better: much forgotten,
     little retain loss. The dotted line marks the 5-point retain budget.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    fig, axes = _subplots(1, 2, figsize=(11, 4.4), sharey=True)
     families = list(dict.fromkeys(p["family"] for p in points))
-    colours = plt.get_cmap("tab10")
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"]
     for ax, rendering in zip(axes, RENDERING_LABELS):
         for k, family in enumerate(families):
             curve = sorted((p for p in points if p["family"] == family), key=lambda p: p["x"])
@@ -91,11 +88,10 @@ def plot_tradeoff(points: list[dict], path) -> Path:
 
 def plot_balance(summary: dict, path) -> Path:
     """Forget drop per rendering for each method, and the modality balance |Δ(image+text) − Δ(text-only)|."""
-    plt = _pyplot()
     methods = [m for m in summary["methods"] if m != "Vanilla"]
     forget = {m: summary["methods"][m]["drops"]["forget"] for m in methods}
     imbalance = {m: summary["methods"][m]["balance"] for m in methods}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = _subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.4
     for k, rendering in enumerate(RENDERING_LABELS):
         left.bar([i + k * width for i in range(len(methods))], [forget[m][rendering] for m in methods], width,
@@ -119,13 +115,12 @@ def plot_pruned_heatmap(masks: dict[str, dict], path) -> Path:
     ``masks``: label → :meth:`manu_lite.prune.NeuronMask.summary` (its ``per_site`` counts). Cells show the
     percentage and the count.
     """
-    plt = _pyplot()
     labels = list(masks)
     sites = sorted({s for m in masks.values() for s in m["per_site"]},
                    key=lambda s: (s.split(".")[0] != "vision", int(s.split(".")[1])))
     grid = [[100 * masks[l]["per_site"].get(s, {}).get("selected", 0) / max(1, masks[l]["per_site"].get(s, {}).get("of", 0))
              for l in labels] for s in sites]
-    fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(labels), 0.9 + 0.45 * len(sites)))
+    fig, ax = _subplots(figsize=(1.0 + 1.1 * len(labels), 0.9 + 0.45 * len(sites)))
     image = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=0)
     for i, site in enumerate(sites):
         for j, label in enumerate(labels):
@@ -146,10 +141,9 @@ def plot_pruned_heatmap(masks: dict[str, dict], path) -> Path:
 
 def plot_robustness(summary: dict, path) -> Path:
     """Relearning attack (forget score after unlearning and after each attack) and membership-inference AUC."""
-    plt = _pyplot()
     rows = summary["methods"]
     methods = list(rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = _subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     series = {"unlearned": [100 * rows[m]["forget_score"] for m in methods]}
     for source in ("forget", "retain"):
         series[f"+relearn on {source}"] = [100 * rows[m].get("relearn_forget_score", {}).get(source, float("nan"))
