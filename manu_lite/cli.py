@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -72,13 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import workflow
-
-    if getattr(args, "model", "tiny") == "tiny" and "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        # The tiny model's matrices are too small to gain from intra-op threads, and on a busy machine
-        # OpenMP's spinning threads slowed training several-fold; an explicit OMP_NUM_THREADS wins.
-        torch.set_num_threads(1)
 
     started = time.perf_counter()
     if args.command == "make-data":
