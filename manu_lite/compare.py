@@ -305,10 +305,7 @@ def _forget_score(results, method: str, rendering: str | None = None) -> float:
 
 # ------------------------------------------------------------------------------------------------ sweeps
 def _sweep_world(world: World, config: CompareConfig) -> World:
-    retain = world.retain
-    if config.sweep_retain_people and len(retain) > config.sweep_retain_people:
-        retain = random.Random(config.seed).sample(retain, config.sweep_retain_people)
-    return replace(world, retain=retain)
+    return world.with_retain_sample(config.sweep_retain_people or None, config.seed)
 
 
 def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config: CompareConfig,

@@ -15,6 +15,7 @@ one evaluator serve the tiny CPU world and the real benchmark.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import json
@@ -293,6 +294,12 @@ class World:
     def eval_sets(self) -> dict[str, list[ProfileRecord]]:
         return {"forget": self.forget, "test": self.test, "retain": self.retain, "celebrity": self.celebrity}
 
+    def with_retain_sample(self, people: int | None, seed: int = 0) -> "World":
+        """This world with a seeded subsample of ``people`` retain people (itself when ``None`` or not fewer)."""
+        if people is None or len(self.retain) <= people:
+            return self
+        return dataclasses.replace(self, retain=random.Random(seed).sample(self.retain, people))
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.eval_sets.items())
         return f"World({self.source!r}, {self.forget_config}: {sizes})"
@@ -326,10 +333,8 @@ def load_world(source: str, forget: str = "forget_10", max_retain: int | None = 
         return [training[r.id] for r in rows]
 
     forget_train, retain_train = train_rows(forget_rows, forget), train_rows(retain_rows, retain_config)
-    if max_retain is not None and len(retain_rows) > max_retain:
-        retain_rows = random.Random(seed).sample(retain_rows, max_retain)
     return World(source, forget, forget_rows, retain_rows, test, load_bench(source, "Retain_Set"),
-                 forget_train, retain_train)
+                 forget_train, retain_train).with_retain_sample(max_retain, seed)
 
 
 # ----------------------------------------------------------------------------------------- synthetic bench

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -47,10 +46,7 @@ def profile_world(profile: Profile, forget: str | None = None, max_retain: int |
     if profile.data == "synthetic":
         from .workflow import tiny_world
 
-        world = tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget)
-        if max_retain is not None and len(world.retain) > max_retain:
-            world = dataclasses.replace(world, retain=random.Random(0).sample(world.retain, max_retain))
-        return world
+        return tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget).with_retain_sample(max_retain)
     from .data import load_world
 
     return load_world(profile.data, forget, max_retain=max_retain)
@@ -124,9 +120,7 @@ def results_frame(results):
 
 def subsample(world: World, retain: int | None, seed: int = 0) -> World:
     """``world`` with a seeded subsample of ``retain`` retain people (sweeps evaluate fewer people)."""
-    if retain is None or len(world.retain) <= retain:
-        return world
-    return dataclasses.replace(world, retain=random.Random(seed).sample(world.retain, retain))
+    return world.with_retain_sample(retain, seed)
 
 
 # ------------------------------------------------------------------------------------------- display
