@@ -23,7 +23,8 @@ from manu_lite.hooks import find_sites
 from manu_lite.importance import select
 from manu_lite.manu import manu_unlearn
 from manu_lite.prune import NeuronMask
-from manu_lite.workflow import TINY_EVAL, TINY_MANU, tiny_vanilla, tiny_world
+from manu_lite.config import TINY_EVAL, TINY_MANU
+from manu_lite.profiles import tiny_vanilla, tiny_world
 
 SETS = ("forget", "retain", "celebrity")
 

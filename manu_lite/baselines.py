@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import World
-from .finetune import _add_lora, training_items
+from .bench import World
+from .finetune import add_lora, training_items
 from .models import IGNORE, PromptAdapter, answer_nll, encode_item, iter_batches, model_device, model_inputs, to_device
 
 METHODS = ("ga", "graddiff", "kl", "npo")
@@ -199,7 +199,7 @@ def unlearn_with(method: str, model, processor, adapter: PromptAdapter, world: W
     renderings = RENDERING_CHOICES[config.renderings]
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    network = _add_lora(model, config.lora_r) if config.lora else model
+    network = add_lora(model, config.lora_r) if config.lora else model
     reference = FrozenReference(network, config.lora) if method in ("kl", "npo") else None
     device = model_device(network)
     forget_items = training_items(world.forget_train, renderings)

@@ -29,7 +29,8 @@ from typing import Callable
 import torch
 
 from .hooks import NeuronSite, find_sites, record_neurons
-from .importance import NeuronStats, paper_components
+from .importance import paper_components
+from .stats import NeuronStats
 
 __all__ = ["check_recording_hook", "check_importance_functions", "check_prune_neurons", "check_own_score",
            "tiny_model_and_batches"]

@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiny vanilla model ready (cache: {workflow.cache_dir()})")
         return 0
     if args.command == "compare":
-        from .compare import compare_command
-
-        print(compare_command(world, args))
+        print(workflow.compare_command(world, args))
         print(f"\nwrote tables, JSON and figures to {args.out} in {time.perf_counter() - started:.0f} s")
         return 0
     if args.command == "evaluate":

@@ -20,32 +20,27 @@ Outputs under ``out`` (all JSON written atomically):
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import random
-import resource
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_path, write_json
+from .artifacts import write_json
+from .attacks import membership_auc, recovery, relearn_attack
 from .baselines import METHODS as BASELINES
 from .baselines import UnlearnConfig, unlearn_with
-from .config import RENDERINGS, ManuConfig
-from .data import World
-from .evaluate import SETS, TASKS, EvalConfig, Results, evaluate
-from .finetune import TrainConfig, train, training_items
-from .models import IGNORE, PromptAdapter, answer_nll, iter_batches, model_device, to_device
-from .workflow import TINY_EVAL
+from .bench import World
+from .config import RENDERINGS, SETS, TINY_EVAL, EvalConfig, ManuConfig
+from .cost import measure
+from .evaluate import Results, evaluate
+from .finetune import TrainConfig, training_items
+from .models import PromptAdapter
+from .report import paper_table, summary_table, write_table
 
 LABELS = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "kl": "KL", "npo": "NPO",
           "manu-paper": "MANU-paper", "manu-reference": "MANU-reference"}
 MANU_METHODS = {"manu-paper": "paper", "manu-reference": "reference"}
-TASK_NAMES = {"mc": "MC", "generation": "ROUGE-L", "cloze": "cloze"}
-RENDERING_NAMES = {"image_text": "img+txt", "text_only": "text"}
 
 
 @dataclass(frozen=True)
@@ -92,60 +87,10 @@ class CompareConfig:
         return asdict(self)
 
 
-# ------------------------------------------------------------------------------------------------- cost
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
-@contextlib.contextmanager
-def measure():
-    """Wall time and peak memory of a block, filled into the yielded dict on exit.
-
-    ``seconds``; ``peak_rss_mb``: the peak resident memory of the process during the block minus the resident
-    memory at its start. tracemalloc cannot measure this (it sees only Python's allocator, not torch's tensor
-    memory), and ``ru_maxrss`` is a lifetime maximum that moves only when a new record is set; so on Linux the
-    kernel's high-water mark (VmHWM) is reset before the block. Elsewhere the ``ru_maxrss`` increase is reported
-    (``rss_method = "ru_maxrss"``, a lower bound). ``peak_cuda_mb``: ``torch.cuda.max_memory_allocated`` above the
-    start, when a GPU is in use.
-    """
-    cost: dict = {}
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-        cuda_start = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    rss_start = _proc_status_kb("VmRSS")
-    exact = rss_start is not None and _reset_peak_rss()
-    maxrss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    yield cost
-    if cuda:
-        torch.cuda.synchronize()
-    cost["seconds"] = time.perf_counter() - started
-    if exact:
-        cost["peak_rss_mb"] = max(0, _proc_status_kb("VmHWM") - rss_start) / 1024
-        cost["rss_method"] = "VmHWM"
-    else:
-        cost["peak_rss_mb"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_start) / 1024
-        cost["rss_method"] = "ru_maxrss"
-    cost["peak_cuda_mb"] = (torch.cuda.max_memory_allocated() - cuda_start) / 2**20 if cuda else None
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -215,86 +160,16 @@ def _other(rendering: str) -> str:
     return RENDERINGS[1 - RENDERINGS.index(rendering)]
 
 
-def rank_auc(positive: list[float], negative: list[float]) -> float:
-    """P(a positive scores above a negative), ties counting one half: the ROC AUC via average ranks
-    (Mann–Whitney U), without sklearn."""
-    if not positive or not negative:
-        raise ValueError("AUC needs at least one positive and one negative score")
-    scores = torch.tensor(list(positive) + list(negative), dtype=torch.float64)
-    order = torch.argsort(scores)
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    values, inverse = torch.unique(scores, return_inverse=True)
-    mean_rank = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks) / \
-        torch.bincount(inverse, minlength=len(values)).double()
-    ranks = mean_rank[inverse]
-    n_pos = len(positive)
-    u = ranks[:n_pos].sum().item() - n_pos * (n_pos + 1) / 2
-    return u / (n_pos * len(negative))
 
 
-@torch.no_grad()
-def item_losses(model, processor, adapter: PromptAdapter, items, batch_size: int = 64) -> list[float]:
-    """Mean answer-token NLL of each item (order grouped by rendering, as :func:`iter_batches` yields)."""
-    device = model_device(model)
-    losses = []
-    for batch in iter_batches(processor, adapter, items, batch_size):
-        batch = to_device(batch, device)
-        tokens = (batch["labels"][:, 1:] != IGNORE).sum(dim=1).clamp(min=1)
-        losses += (answer_nll(model, batch, per_sequence=True) / tokens).tolist()
-    return losses
 
 
-def membership_auc(model, processor, adapter: PromptAdapter, members, non_members, batch_size: int = 64) -> dict:
-    """Loss-based membership inference: AUC of "lower loss ⇒ member" separating ``members`` from ``non_members``.
-
-    members: the forget people's pairs (seen in training, then unlearned); non_members: pairs of people never
-    trained on. AUC ≈ 0.5: indistinguishable (the goal); ≈ 1: still remembered; well below 0.5: the forget
-    people now stand out by a *higher* loss than strangers, which also leaks their membership.
-    """
-    seen = item_losses(model, processor, adapter, members, batch_size)
-    unseen = item_losses(model, processor, adapter, non_members, batch_size)
-    return {"auc": rank_auc([-x for x in seen], [-x for x in unseen]),
-            "member_loss": sum(seen) / len(seen), "non_member_loss": sum(unseen) / len(unseen),
-            "members": len(seen), "non_members": len(unseen)}
 
 
-def unseen_people(world: World, out: Path, n: int, seed: int) -> list:
-    """Training-format records of ``n`` synthetic people never trained on (a separately seeded bench), minus any
-    whose name a world person already has."""
-    from .data import load_bench, make_synthetic_bench
-
-    bench = Path(out) / f"unseen-bench-{n}-{seed}"
-    if not (bench / "ft_Data").exists():
-        make_synthetic_bench(bench, n_profiles=max(20, n), n_celebrities=4, seed=seed)
-    known = {r.name for r in world.forget_train + world.retain_train}
-    return [r for r in load_bench(str(bench), "ft_Data") if r.name not in known][:n]
 
 
-# ------------------------------------------------------------------------------------------------ attacks
-def relearn_attack(model, processor, adapter: PromptAdapter, world: World, config: CompareConfig, method: str,
-                   progress: bool = True) -> dict:
-    """Fine-tune copies of an unlearned ``model`` on a few forget pairs, and on as many retain pairs; evaluate
-    the forget set after each. Returns ``{"forget": Results, "retain": Results}`` (``method`` suffixed)."""
-    rng = random.Random(config.seed)
-    forget_items = training_items(world.forget_train)
-    k = max(1, round(config.relearn_fraction * len(forget_items)))
-    sources = {"forget": rng.sample(forget_items, k), "retain": rng.sample(training_items(world.retain_train), k)}
-    evaluation = replace(config.evaluation, sets=("forget",))
-    out = {}
-    for source, items in sources.items():
-        attacked = copy.deepcopy(model)
-        train(attacked, processor, adapter, items, config.relearn, progress=progress, desc=f"relearn {source}")
-        out[source] = evaluate(attacked, processor, adapter, world, evaluation, method=f"{method} +relearn({source})",
-                               progress=False)
-    return out
 
 
-def recovery(vanilla: float, unlearned: float, attacked: float, min_gap: float = 0.05) -> float | None:
-    """Share of the forgotten score that came back: (attacked − unlearned) / (vanilla − unlearned); None when
-    less than ``min_gap`` (5 points) was forgotten, where the ratio would be noise over a tiny denominator."""
-    gap = vanilla - unlearned
-    return (attacked - unlearned) / gap if gap >= min_gap else None
 
 
 def _forget_score(results, method: str, rendering: str | None = None) -> float:
@@ -364,46 +239,10 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def paper_table(results, costs: dict | None = None):
-    """Rows = methods; columns = set × task × rendering in percent (the paper's layout), then cost columns."""
-    import pandas as pd
-
-    table = Results(results).table()
-    columns = [c for c in ((s, t, r) for s in SETS for t in TASKS for r in RENDERINGS) if c in table.columns]
-    table = table[columns]
-    table.columns = [f"{s} {TASK_NAMES[t]} {RENDERING_NAMES[r]}" for s, t, r in columns]
-    if costs:
-        table["unlearn s"] = pd.Series({m: round(c["seconds"], 1) for m, c in costs.items()})
-        table["peak MB"] = pd.Series({m: round(c["peak_rss_mb"], 1) for m, c in costs.items()})
-    return table
 
 
-def summary_table(summary: dict):
-    """One row per method: drops per set and rendering, balance, cost, relearning, membership inference."""
-    import pandas as pd
-
-    rows = {}
-    for method, row in summary["methods"].items():
-        flat = {f"Δ{s} {RENDERING_NAMES[r]}": round(v, 1) for s, per in row["drops"].items() for r, v in per.items()}
-        flat["balance"] = round(row["balance"], 1)
-        flat["unlearn s"] = round(row["cost"]["seconds"], 1)
-        flat["peak MB"] = round(row["cost"]["peak_rss_mb"], 1)
-        flat["forget %"] = round(100 * row["forget_score"], 1)
-        for source in ("forget", "retain"):
-            score = row.get("relearn_forget_score", {}).get(source)
-            flat[f"after relearn({source}) %"] = None if score is None else round(100 * score, 1)
-            value = row.get("relearn", {}).get(source)
-            flat[f"recovered({source})"] = None if value is None else round(value, 2)
-        flat["MIA AUC"] = None if row.get("mia") is None else round(row["mia"]["auc"], 3)
-        rows[method] = flat
-    return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _write_table(table, path: Path) -> None:
-    with atomic_path(path.with_suffix(".csv")) as tmp:
-        table.to_csv(tmp)
-    with atomic_path(path.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(table.to_markdown() + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ workflow
@@ -427,7 +266,7 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     holdout: training-format records of people the vanilla model never saw, for membership inference (``None``
              skips it; :func:`unseen_people` makes them for synthetic worlds).
     """
-    from . import viz
+    from . import report, viz
 
     config = config or CompareConfig()
     out = Path(out)
@@ -444,7 +283,9 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
         if config.attacks:
             attacks[label] = {}
             if method != "vanilla":
-                attacks[label]["relearn"] = relearn_attack(model, processor, adapter, world, config, label, progress)
+                attacks[label]["relearn"] = relearn_attack(
+                    model, processor, adapter, world, label, fraction=config.relearn_fraction,
+                    relearn=config.relearn, evaluation=config.evaluation, seed=config.seed, progress=progress)
             if non_members:
                 attacks[label]["mia"] = membership_auc(model, processor, adapter, members, non_members)
         del model
@@ -458,20 +299,20 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     write_json(out / "attacks.json", {m: {"relearn": {s: list(r) for s, r in a.get("relearn", {}).items()},
                                           "mia": a.get("mia")} for m, a in attacks.items()})
     write_json(out / "summary.json", summary)
-    _write_table(paper_table(results, costs), out / "table")
-    _write_table(summary_table(summary), out / "summary")
+    write_table(paper_table(results, costs), out / "table")
+    write_table(summary_table(summary), out / "summary")
     figures = out / "figures"
     paths = [viz.plot_results(results, figures / "results.png"),
-             viz.plot_balance(summary, figures / "balance.png")]
+             report.plot_balance(summary, figures / "balance.png")]
     if points:
-        paths.append(viz.plot_tradeoff(points, figures / "tradeoff.png"))
+        paths.append(report.plot_tradeoff(points, figures / "tradeoff.png"))
     # The alpha sweep at recall positions holds the main MANU masks too; without sweeps, show the main ones.
     masks = {p["label"]: p["mask"] for p in points if "mask" in p and p["settings"]["positions"] == "recall"} or \
         {LABELS[m]: reports[LABELS[m]]["mask"] for m in config.methods if m in MANU_METHODS}
     if masks:
-        paths.append(viz.plot_pruned_heatmap(masks, figures / "pruned_neurons.png"))
+        paths.append(report.plot_pruned_heatmap(masks, figures / "pruned_neurons.png"))
     if config.attacks:
-        paths.append(viz.plot_robustness(summary, figures / "robustness.png"))
+        paths.append(report.plot_robustness(summary, figures / "robustness.png"))
     return Comparison(results, costs, summary, sweep_records, points, attacks, paths)
 
 
@@ -500,37 +341,3 @@ def summarize(results, costs: dict, attacks: dict, points: list[dict]) -> dict:
                           "best = largest forget drop with retain drop <= 5 points in both renderings"}
 
 
-# ------------------------------------------------------------------------------------------- command line
-def compare_command(world: World, args) -> str:
-    """``manu-lite compare``: load the vanilla model, run :func:`compare` under ``args.out``, return a report."""
-    from .workflow import format_table, tiny_vanilla
-
-    config = CompareConfig(seed=args.seed)
-    if args.model == "tiny":
-        vanilla, processor, adapter = tiny_vanilla(world, args.seed, epochs=args.epochs)
-        # Never-seen people for membership inference: a separately seeded synthetic bench.
-        holdout = unseen_people(world, Path(args.out), config.mia_people, args.seed + 1) if args.data is None else None
-    else:
-        from .models import load_mllm
-
-        vanilla, processor, adapter = load_mllm(args.model)
-        config = replace(config, unlearn=replace(config.unlearn, lora=True), evaluation=EvalConfig(seed=args.seed),
-                         manu_batch_size=4)
-        holdout = None
-    unlearn_knobs = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
-    config = replace(config, unlearn=replace(config.unlearn, renderings=args.renderings, seed=args.seed, **unlearn_knobs),
-                     manu=replace(config.manu, seed=args.seed, **({"alpha": args.alpha} if args.alpha else {})),
-                     sweeps=not args.no_sweeps, attacks=not args.no_attacks,
-                     **({"methods": tuple(args.methods.split(","))} if args.methods else {}))
-    result = compare(vanilla, processor, adapter, world, args.out, config, holdout=holdout)
-    lines = [format_table(result.results), "", "== summary (drops in points from vanilla, mean of tasks) ==",
-             summary_table(result.summary).to_string()]
-    for scope, best in result.summary["best_at_5_points_retain"].items():
-        for rendering, row in best.items():
-            lines.append(f"best forget drop at <= 5 points retain drop, {RENDERING_NAMES[rendering]} ({scope}): "
-                         f"{row['label']} forget -{row['forget_drop']:.1f} (other rendering -"
-                         f"{row['other_rendering_forget_drop']:.1f}), retain -{row['retain_drop']:.1f} "
-                         f"(other rendering -{row['other_rendering_retain_drop']:.1f})")
-    if holdout is None and config.attacks:
-        lines.append("membership inference skipped: no never-seen people for this world (synthetic worlds only)")
-    return "\n".join(lines)

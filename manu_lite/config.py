@@ -18,61 +18,13 @@ POSITIONS = ("recall", "all")
 SCOPES = ("global", "tower", "layer")
 PRUNE_MODES = ("neuron", "output_rows", "activation")
 SELECTIONS = ("union", "combined")
+SETS = ("forget", "test", "retain", "celebrity")
+TASKS = ("mc", "generation", "cloze")
 
 
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Where a run happens: which model, which data, how big a batch, which dtype."""
-
-    name: str
-    model: str
-    data: str
-    batch_size: int
-    dtype: str
-    load_in_4bit: bool = False
-    forget_split: str = "forget_10"
-    note: str = ""
-
-
-PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny", model="tiny", data="synthetic", batch_size=32, dtype="float32",
-        note="CPU, offline, minutes: a tiny LLaVA trained here on a synthetic MLLMU-Bench",
-    ),
-    "colab": Profile(
-        name="colab", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=4, dtype="float16",
-        load_in_4bit=True, note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
-    ),
-    "full": Profile(
-        name="full", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=16, dtype="bfloat16",
-        note="A100/H100-class GPU: LLaVA-1.5-7B (or MLLMMU/Idefics2_Vanilla) as in the paper",
-    ),
-}
-
-
-def resolve_profile(profile: str | Profile | None = None) -> Profile:
-    """The profile named by the argument, else by ``$MANU_PROFILE``, else by the hardware.
-
-    With no GPU the answer is ``tiny``; a GPU under 40 GB gives ``colab``, a larger one ``full``.
-    """
-    if isinstance(profile, Profile):
-        return profile
-    name = profile or os.environ.get("MANU_PROFILE")
-    if not name:
-        import torch
-
-        if not torch.cuda.is_available():
-            name = "tiny"
-        else:
-            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-            name = "colab" if gib < 40 else "full"
-    _check_choice("profile", name, tuple(PROFILES))
-    return PROFILES[name]
 
 
 @dataclass(frozen=True)
@@ -149,3 +101,96 @@ class ManuConfig:
         if "towers" in data:
             data["towers"] = tuple(data["towers"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate.
+
+    mc_protocol:  ``"likelihood"`` or ``"mllmu"`` (see the module docstring).
+    few_shot:     profiles whose questions serve as in-context examples for ``"mllmu"`` (the benchmark uses 1).
+                  They are drawn, seeded, from the retain people; the benchmark drew them from every profile,
+                  the forget people included.
+    instructions: append the benchmark's task instructions to generation and cloze prompts. Real checkpoints
+                  fine-tuned by the benchmark expect them; the tiny model was trained on bare questions.
+    """
+
+    mc_protocol: str = "likelihood"
+    few_shot: int = 1
+    instructions: bool = True
+    max_new_tokens: int = 48
+    batch_size: int = 32
+    seed: int = 0
+    sets: tuple[str, ...] = SETS
+    tasks: tuple[str, ...] = TASKS
+
+    def __post_init__(self):
+        if self.mc_protocol not in ("likelihood", "mllmu"):
+            raise ValueError(f"unknown mc_protocol {self.mc_protocol!r}; use 'likelihood' or 'mllmu'")
+        for name, values, allowed in (("set", self.sets, SETS), ("task", self.tasks, TASKS)):
+            unknown = set(values) - set(allowed)
+            if unknown:
+                raise ValueError(f"unknown {name}(s) {sorted(unknown)}; choose from {allowed}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where a run happens: which model, which data, how big a batch, which dtype, and the evaluation and MANU
+    settings the CLI and the notebooks use there."""
+
+    name: str
+    model: str
+    data: str
+    batch_size: int
+    dtype: str
+    load_in_4bit: bool = False
+    forget_split: str = "forget_10"
+    evaluation: EvalConfig = EvalConfig()
+    manu: ManuConfig = ManuConfig()
+    note: str = ""
+
+
+# The embedded default world: small enough to train on two CPU cores in a few minutes.
+TINY_PROFILES = 50
+TINY_CELEBRITIES = 10
+# The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
+TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
+# MANU as the demo runs it: recall positions, modality-balanced union of per-rendering rankings, language MLPs only,
+# alpha 30 (benchmarks/manu_demo_seeds.py, seeds 0-2: forget ROUGE-L -10.6 image+text / -10.1 text-only, retain and
+# celebrity within 5 points; vision neurons cost celebrity image+text accuracy without adding forget selectivity).
+TINY_MANU = ManuConfig(alpha=30.0, towers=("language",))
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny", model="tiny", data="synthetic", batch_size=32, dtype="float32",
+        evaluation=TINY_EVAL, manu=TINY_MANU, note="CPU, offline, minutes: a tiny LLaVA trained here on a synthetic MLLMU-Bench",
+    ),
+    "colab": Profile(
+        name="colab", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=4, dtype="float16",
+        load_in_4bit=True, evaluation=EvalConfig(batch_size=4), note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
+    ),
+    "full": Profile(
+        name="full", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=16, dtype="bfloat16",
+        evaluation=EvalConfig(batch_size=16), note="A100/H100-class GPU: LLaVA-1.5-7B (or MLLMMU/Idefics2_Vanilla) as in the paper",
+    ),
+}
+
+
+def resolve_profile(profile: str | Profile | None = None) -> Profile:
+    """The profile named by the argument, else by ``$MANU_PROFILE``, else by the hardware.
+
+    With no GPU the answer is ``tiny``; a GPU under 40 GB gives ``colab``, a larger one ``full``.
+    """
+    if isinstance(profile, Profile):
+        return profile
+    name = profile or os.environ.get("MANU_PROFILE")
+    if not name:
+        import torch
+
+        if not torch.cuda.is_available():
+            name = "tiny"
+        else:
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+            name = "colab" if gib < 40 else "full"
+    _check_choice("profile", name, tuple(PROFILES))
+    return PROFILES[name]

@@ -1,7 +1,7 @@
 """Statistics at scale: data-parallel passes over ``torch.distributed``, and models split over devices.
 
 **Data parallel** (``torchrun``): every process holds a replica of the model, takes every ``world_size``-th
-batch, streams its own :class:`~manu_lite.importance.StatsTable`, and one ``all_reduce`` sums the tables. The
+batch, streams its own :class:`~manu_lite.stats.StatsTable`, and one ``all_reduce`` sums the tables. The
 statistics are sums, so the merged table equals a single-process pass over all batches (up to float64 rounding
 of the order of additions), and every rank then selects the same neurons::
 
@@ -16,7 +16,7 @@ of the order of additions), and every rank then selects the same neurons::
         mask.save("out/mask")
 
 **Model parallel** (``device_map="auto"``, accelerate): one process, layers spread over GPUs (or offloaded to
-CPU). :func:`~manu_lite.importance.collect_stats` keeps each site's totals on the device its activations arrive
+CPU). :func:`~manu_lite.stats.collect_stats` keeps each site's totals on the device its activations arrive
 on — nothing crosses devices per batch — and :meth:`StatsTable.to` merges them on one device at the end
 (:func:`site_devices` says where each site runs). Both combine: each rank may hold a ``device_map`` model; its
 table is moved to the collective's device (:func:`reduce_device`) just before the ``all_reduce``.
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .hooks import NeuronSite, execution_device, find_sites
-from .importance import StatsTable, check_language_tokens, collect_stats
+from .stats import StatsTable, check_language_tokens, collect_stats
 
 
 def _dist():
@@ -97,7 +97,7 @@ def collect_stats_distributed(model: torch.nn.Module, batches: Iterable[Mapping[
                               tau: float = 0.1, progress: bool = True, seed: int = 0,
                               max_batches: int | None = None, desc: str = "neuron statistics",
                               group=None) -> StatsTable:
-    """:func:`~manu_lite.importance.collect_stats` over the processes of ``group``: the same arguments and result.
+    """:func:`~manu_lite.stats.collect_stats` over the processes of ``group``: the same arguments and result.
 
     Every rank passes the *same* batch stream (same order); rank r keeps batches r, r + W, r + 2W, … (W = world
     size), after ``max_batches`` caps the stream, so the cap means what it means in one process. Each rank streams
@@ -131,5 +131,5 @@ def collect_stats_distributed(model: torch.nn.Module, batches: Iterable[Mapping[
 def site_devices(sites: Sequence[NeuronSite]) -> dict[str, torch.device]:
     """Site name → the device its activations arrive on (the output projection's
     :func:`~manu_lite.hooks.execution_device`). With ``device_map="auto"`` this is where
-    :func:`~manu_lite.importance.collect_stats` keeps the site's totals."""
+    :func:`~manu_lite.stats.collect_stats` keeps the site's totals."""
     return {site.name: execution_device(site.out_module) or execution_device(site.mlp) for site in sites}

@@ -17,53 +17,20 @@ Every record has the keys ``method, set, rendering, task, metric, value, n`` wit
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .artifacts import write_json
-from .data import OPTION_LETTERS, MCQuestion, World
-from .models import (Item, PromptAdapter, _tokenizer, answer_nll, check_context, collate, encode_item, model_device,
+from .bench import OPTION_LETTERS, MCQuestion, World
+from .config import RENDERINGS, EvalConfig
+from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_context, collate, encode_item, model_device,
                      to_device)
 
-SETS = ("forget", "test", "retain", "celebrity")
-RENDERINGS = ("image_text", "text_only")
-TASKS = ("mc", "generation", "cloze")
 METRIC = {"mc": "accuracy", "generation": "rougeL", "cloze": "accuracy"}
 MC_INSTRUCTION = "Just give ONE letter representing the answer directly."
 GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How to evaluate.
-
-    mc_protocol:  ``"likelihood"`` or ``"mllmu"`` (see the module docstring).
-    few_shot:     profiles whose questions serve as in-context examples for ``"mllmu"`` (the benchmark uses 1).
-                  They are drawn, seeded, from the retain people; the benchmark drew them from every profile,
-                  the forget people included.
-    instructions: append the benchmark's task instructions to generation and cloze prompts. Real checkpoints
-                  fine-tuned by the benchmark expect them; the tiny model was trained on bare questions.
-    """
-
-    mc_protocol: str = "likelihood"
-    few_shot: int = 1
-    instructions: bool = True
-    max_new_tokens: int = 48
-    batch_size: int = 32
-    seed: int = 0
-    sets: tuple[str, ...] = SETS
-    tasks: tuple[str, ...] = TASKS
-
-    def __post_init__(self):
-        if self.mc_protocol not in ("likelihood", "mllmu"):
-            raise ValueError(f"unknown mc_protocol {self.mc_protocol!r}; use 'likelihood' or 'mllmu'")
-        for name, values, allowed in (("set", self.sets, SETS), ("task", self.tasks, TASKS)):
-            unknown = set(values) - set(allowed)
-            if unknown:
-                raise ValueError(f"unknown {name}(s) {sorted(unknown)}; choose from {allowed}")
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -107,7 +74,7 @@ def _batches_by_rendering(items: list[Item], batch_size: int):
 def generate(model, processor, adapter: PromptAdapter, items: list[Item], config: EvalConfig,
              progress: bool = False, desc: str = "generate") -> list[str]:
     """Greedy answers to ``items`` (one rendering or mixed), batched with left padding, in input order."""
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     device = model_device(model)
     outputs: list[str | None] = [None] * len(items)
     for indices in tqdm(list(_batches_by_rendering(items, config.batch_size)), desc=desc, disable=not progress,
@@ -128,7 +95,7 @@ def generate(model, processor, adapter: PromptAdapter, items: list[Item], config
 def option_logprobs(model, processor, adapter: PromptAdapter, items: list[Item], batch_size: int) -> list[float]:
     """Summed log-probability of each item's ``answer`` given its prompt (no EOS), in input order."""
     device = model_device(model)
-    pad = _tokenizer(processor).pad_token_id
+    pad = tokenizer_of(processor).pad_token_id
     scores: list[float] = [0.0] * len(items)
     for indices in _batches_by_rendering(items, batch_size):
         batch = collate([encode_item(processor, adapter, items[i], add_eos=False) for i in indices], pad)
@@ -244,6 +211,15 @@ class Results(list):
     def __repr__(self) -> str:
         methods = sorted({r["method"] for r in self})
         return f"Results({len(self)} records, methods={methods})"
+
+
+def results_frame(results):
+    """Scores in percent, rows (set, task), columns (method, rendering): a compact view of
+    :class:`~manu_lite.evaluate.Results` for a notebook."""
+    frame = results.frame()
+    frame["value"] = 100 * frame["value"]
+    table = frame.pivot_table(index=["set", "task"], columns=["method", "rendering"], values="value", sort=False)
+    return table.round(1)
 
 
 def evaluate(model, processor, adapter: PromptAdapter, world: World, config: EvalConfig | None = None,

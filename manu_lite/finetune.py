@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import World, qa_pairs
+from .bench import World, qa_pairs
 from .models import (Item, PromptAdapter, TinySpec, answer_nll, build_tiny, encode_item, iter_batches,
                      model_device, to_device)
 
@@ -53,7 +53,8 @@ def training_items(records, renderings=("image_text", "text_only")) -> list[Item
     return items
 
 
-def _add_lora(model, r: int):
+def add_lora(model, r: int):
+    """``model`` wrapped in a rank-``r`` LoRA adapter (peft) on its language-model linear layers."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
@@ -73,7 +74,7 @@ def train(model, processor, adapter: PromptAdapter, items: list[Item], config: T
                          "split (training format, qa_pairs) and TrainConfig.renderings")
     torch.manual_seed(config.seed)
     if config.lora:
-        model = _add_lora(model, config.lora_r)
+        model = add_lora(model, config.lora_r)
     device = model_device(model)
     encoded = [encode_item(processor, adapter, item) for item in items]
     steps_per_epoch = sum(1 for _ in iter_batches(processor, adapter, items, config.batch_size, encoded=encoded))

@@ -17,7 +17,8 @@ import torch
 from .config import RENDERINGS, ManuConfig
 from .finetune import training_items
 from .hooks import find_sites
-from .importance import DATASETS, collect_stats, select, selection_summary
+from .importance import DATASETS, select, selection_summary
+from .stats import collect_stats
 from .models import PromptAdapter, iter_batches, prompt_adapter_for
 from .prune import NeuronMask, uneditable_sites
 
@@ -56,7 +57,7 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
     config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, selection,
                     prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering). A 4-bit/8-bit
                     or offloaded model needs ``prune_mode="activation"`` (checked before any statistics).
-    collector:      the statistics pass, :func:`~manu_lite.importance.collect_stats` or, under ``torchrun``,
+    collector:      the statistics pass, :func:`~manu_lite.stats.collect_stats` or, under ``torchrun``,
                     :func:`manu_lite.distributed.collect_stats_distributed` (every rank gets the same mask).
     Returns the :class:`~manu_lite.prune.NeuronMask` (not applied) and a :class:`ManuReport`.
     """

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
+from .hooks import execution_device
+
 IMAGE_TOKEN = "<image>"
 IGNORE = -100
 
@@ -206,7 +208,8 @@ class Item:
     prefix_images: tuple = ()
 
 
-def _tokenizer(processor):
+def tokenizer_of(processor):
+    """The tokenizer of a processor (a bare tokenizer is its own)."""
     return getattr(processor, "tokenizer", processor)
 
 
@@ -215,7 +218,7 @@ def encode_item(processor, adapter: PromptAdapter, item: Item, add_eos: bool = T
 
     Shapes: ``input_ids``/``attention_mask``/``labels`` [1, T]; image inputs as the processor makes them.
     """
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     prompt = item.prefix + adapter.prompt(item.question, item.rendering)
     images = list(item.prefix_images) + ([item.image] if item.rendering == "image_text" else [])
     if item.rendering == "image_text" and item.image is None:
@@ -277,7 +280,7 @@ def encode(processor, adapter: PromptAdapter, items: list[Item], padding_side: s
     if len(renderings) != 1:
         raise ValueError(f"a batch mixes renderings {sorted(renderings)}; encode each rendering separately")
     encoded = [encode_item(processor, adapter, item, add_eos) for item in items]
-    return collate(encoded, _tokenizer(processor).pad_token_id, padding_side)
+    return collate(encoded, tokenizer_of(processor).pad_token_id, padding_side)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -290,7 +293,9 @@ def to_device(batch: dict, device) -> dict:
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where a model's inputs go: the device of its first module with parameters — that module's execution
+    device when accelerate offloaded its weights to ``meta`` (:func:`~manu_lite.hooks.execution_device`)."""
+    return next((d for d in map(execution_device, model.modules()) if d is not None), torch.device("cpu"))
 
 
 def iter_batches(processor, adapter: PromptAdapter, items: list[Item], batch_size: int, *, shuffle: bool = False,
@@ -311,7 +316,7 @@ def iter_batches(processor, adapter: PromptAdapter, items: list[Item], batch_siz
     chunks = [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
     if shuffle:
         chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=torch.Generator().manual_seed(seed + 1))]
-    pad = _tokenizer(processor).pad_token_id
+    pad = tokenizer_of(processor).pad_token_id
     for chunk in chunks:
         yield collate([encoded[i] for i in chunk], pad, padding_side)
 

@@ -1,12 +1,64 @@
-"""Figures of the book, each written as PNG next to the JSON of the data it shows."""
+"""The book's figures, drawn on bare :class:`matplotlib.figure.Figure` objects (no pyplot state), so they never
+depend on, or change, a notebook's matplotlib backend.
+
+Two kinds: the chapters' figures (returned, shown with :func:`show`) and the comparison's figures, written as
+PNG next to the JSON of the data they show (``plot_*``). Colours follow the book: red forget, blue retain,
+purple image+text, ochre text-only.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
 
 from .artifacts import atomic_path, write_json
+from .config import RENDERINGS
+
+FORGET, RETAIN = "#c0392b", "#2e6fb5"
+IMAGE_TEXT, TEXT_ONLY = "#7b3fa0", "#c79a1e"
+RENDERING_COLOURS = {"image_text": IMAGE_TEXT, "text_only": TEXT_ONLY}
+SET_COLOURS = {"forget": FORGET, "retain": RETAIN, "test": "#e67e5f", "celebrity": "#5a9e6f"}
+RENDERING_LABELS = {"image_text": "image+text", "text_only": "text-only"}
+TASK_LABELS = {"mc": "multiple choice (acc.)", "generation": "generation (ROUGE-L)", "cloze": "cloze (acc.)"}
 
 
-def _save(fig, path: Path, data) -> Path:
+# ------------------------------------------------------------------------------------------------ helpers
+def figure(width: float, height: float, layout: str | None = "constrained", **subplots):
+    """A pyplot-free figure of ``width`` × ``height`` inches. With subplot arguments (``nrows``, ``ncols``,
+    ``squeeze``, ``sharey``, ``gridspec_kw``, ...) returns ``(fig, axes)`` like ``plt.subplots``; without, the
+    bare figure (for a custom grid)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout=layout)
+    return (fig, fig.subplots(**subplots)) if subplots else fig
+
+
+def png(fig, dpi: int = 110) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def show(fig, dpi: int = 110) -> None:
+    """Display a figure (or a PNG path) as an image in the notebook, independent of the matplotlib backend."""
+    from IPython.display import Image, display
+
+    if isinstance(fig, (str, Path)):
+        display(Image(filename=str(fig)))
+    else:
+        display(Image(data=png(fig, dpi)))
+
+
+def pct_table(frame, caption: str | None = None):
+    """A DataFrame of fractions shown as percentages with one decimal (a styled HTML table)."""
+    styler = frame.style.format(lambda v: "" if v != v else f"{100 * v:.1f}")
+    return styler.set_caption(caption) if caption else styler
+
+
+def save_figure(fig, path, data) -> Path:
+    """Save ``fig`` as PNG (atomically) and ``data`` as JSON beside it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
@@ -14,27 +66,226 @@ def _save(fig, path: Path, data) -> Path:
     return path
 
 
-def _subplots(*args, figsize, **kwargs):
-    """``(fig, axes)`` like ``plt.subplots``, on a bare Figure: no pyplot state, no backend switch, so a user's
-    inline plots keep working after the package draws a figure."""
-    from matplotlib.figure import Figure
+# --------------------------------------------------------------------------------- 01: the world
+def portrait_grid(records: Sequence, cols: int = 8, title: str | None = None, highlight: set[str] = frozenset()):
+    """Portraits with names; records whose id is in ``highlight`` get a red frame (e.g. the forget people)."""
+    rows = max(1, -(-len(records) // cols))
+    fig, axes = figure(1.35 * cols, 1.6 * rows, nrows=rows, ncols=cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, record in zip(axes.flat, records):
+        ax.imshow(record.image)
+        name = record.name or record.id
+        ax.set_title(name.replace(" ", "\n", 1), fontsize=7, color=FORGET if record.id in highlight else "black")
+        if record.id in highlight:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(FORGET)
+                spine.set_linewidth(2.5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
 
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
+
+def test_set_images(record, label: str = ""):
+    """A person's portrait next to the transformed images of the Test_Set."""
+    images = [record.image, *record.images]
+    fig, axes = figure(1.6 * len(images), 1.9, ncols=len(images), squeeze=False)
+    for k, (ax, image) in enumerate(zip(axes[0], images)):
+        ax.imshow(image)
+        ax.axis("off")
+        ax.set_title("Full_Set" if k == 0 else f"Test_Set #{k}", fontsize=7)
+    if label:
+        fig.suptitle(label, fontsize=8)
+    return fig
 
 
-def _finish(fig, path, data) -> Path:
-    """Lay out and save ``fig`` (PNG + JSON of ``data``)."""
-    fig.tight_layout()
-    return _save(fig, path, data)
+# --------------------------------------------------------------------------------- 02: activations
+def activation_comparison(stats: Mapping[str, Mapping[str, "object"]], sites: Sequence[str]):
+    """Mean |activation| per neuron, image+text against text-only, one panel per language site, plus the vision
+    sites' token counts per rendering. ``stats``: ``{rendering: StatsTable}`` of the same questions."""
+    language = [s for s in sites if s.startswith("language")]
+    vision = [s for s in sites if s.startswith("vision")]
+    fig, axes = figure(3.6 * (len(language) + 1), 3.4, ncols=len(language) + 1, squeeze=False)
+    for ax, site in zip(axes[0], language):
+        x = stats["image_text"][site].mean_abs.numpy()
+        y = stats["text_only"][site].mean_abs.numpy()
+        r = float(torch.corrcoef(torch.stack([torch.as_tensor(x), torch.as_tensor(y)]))[0, 1])
+        ax.scatter(x, y, s=6, alpha=0.6, color="#555")
+        top = max(x.max(), y.max()) * 1.05
+        ax.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("mean |a|, image+text", color=IMAGE_TEXT)
+        ax.set_ylabel("mean |a|, text-only", color=TEXT_ONLY)
+        ax.set_title(f"{site}  (r = {r:.2f})", fontsize=8)
+    ax = axes[0][-1]
+    counts = {r: [int(stats[r][s].count) for s in vision] for r in RENDERINGS}
+    width = 0.4
+    for k, rendering in enumerate(RENDERINGS):
+        ax.bar([i + k * width for i in range(len(vision))], counts[rendering], width, color=RENDERING_COLOURS[rendering],
+               label=RENDERING_LABELS[rendering])
+    ax.set_xticks([i + width / 2 for i in range(len(vision))])
+    ax.set_xticklabels(vision, fontsize=7)
+    ax.set_ylabel("patches recorded")
+    ax.set_title("vision tower: runs on image+text only", fontsize=8)
+    ax.legend(fontsize=7)
+    return fig
 
 
+# --------------------------------------------------------------------------------- 03: importance
+def score_distributions(scores: Mapping[str, Mapping[str, torch.Tensor]], selected: Mapping[str, Mapping] | None = None):
+    """Histograms of neuron scores (log x), one panel per formulation, one colour per tower; the dashed line is the
+    selection threshold when ``selected`` (formulation → site → indices) is given."""
+    fig, axes = figure(5.0 * len(scores), 3.2, ncols=len(scores), squeeze=False)
+    for ax, (formulation, per_site) in zip(axes[0], scores.items()):
+        for tower, colour in (("language", "#333"), ("vision", "#1b9e77")):
+            values = torch.cat([s.double() for n, s in per_site.items() if n.startswith(tower)]) if any(
+                n.startswith(tower) for n in per_site) else None
+            if values is None:
+                continue
+            shift = values.min().clamp(max=0).abs() + 1e-3  # the reference score can be negative (ratio - 1)
+            shifted = (values + shift).clamp_min(1e-6)
+            bins = torch.logspace(float(shifted.min().log10()), float(shifted.max().log10()) + 1e-9, 50)
+            ax.hist(shifted.numpy(), bins=bins.numpy(), alpha=0.6, color=colour, label=f"{tower} ({len(values)})")
+            if selected and formulation in selected:
+                chosen = [per_site[n][idx] for n, idx in selected[formulation].items() if n.startswith(tower) and len(idx)]
+                if chosen:
+                    ax.axvline(float(torch.cat(chosen).min() + shift), color=colour, linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("score" + (" + offset (it can be negative)" if formulation == "reference" else ""))
+        ax.set_ylabel("neurons")
+        ax.set_title(f"formulation = {formulation!r}", fontsize=9)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def paper_components_figure(components: Mapping[str, Mapping[str, torch.Tensor]], site: str):
+    """The paper's four contrasts I_abs, I_freq, I_var, I_rms of one site, forget (red) vs retain (blue)."""
+    fig, axes = figure(13, 2.8, ncols=4, squeeze=False)
+    for ax, key in zip(axes[0], ("abs", "freq", "var", "rms")):
+        for dataset, colour in (("forget", FORGET), ("retain", RETAIN)):
+            ax.hist(components[dataset][key].numpy(), bins=40, alpha=0.55, color=colour, label=dataset)
+        ax.set_title(f"I_{key}  ({site})", fontsize=8)
+        ax.set_xlabel("value")
+    axes[0][0].set_ylabel("neurons")
+    axes[0][0].legend(fontsize=7)
+    return fig
+
+
+def overlap_figure(rows: Sequence[Mapping]):
+    """The renderings' top-set overlap against chance, per alpha (rows of
+    :func:`manu_lite.experiments.overlap_curve`)."""
+    fig, ax = figure(5.2, 3.2, nrows=1)
+    ax.plot([r["alpha"] for r in rows], [100 * r["overlap"] for r in rows], "-o", color="#333",
+            label="top-α(image+text) ∩ top-α(text-only)")
+    ax.plot([r["alpha"] for r in rows], [100 * r["chance"] for r in rows], ":", color="grey",
+            label="expected by chance (α %)")
+    ax.set_xlabel("α (% of language neurons)")
+    ax.set_ylabel("% of the top set shared")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("Do the two renderings pick the same neurons?", fontsize=9)
+    return fig
+
+
+def layer_shares(summaries: Mapping[str, Mapping]) -> tuple[list[str], list[str], list[list[float]]]:
+    """(sites, labels, grid[site][label] = % of the site's neurons selected) from mask/selection summaries."""
+    labels = list(summaries)
+    sites = sorted({s for m in summaries.values() for s in m["per_site"]},
+                   key=lambda s: (s.split(".")[0] != "vision", int(s.split(".")[1])))
+    grid = [[100 * summaries[l]["per_site"].get(s, {}).get("selected", 0)
+             / max(1, summaries[l]["per_site"].get(s, {}).get("of", 0)) for l in labels] for s in sites]
+    return sites, labels, grid
+
+
+def layer_heatmap(summaries: Mapping[str, Mapping], title: str = "share of each layer's neurons selected", ax=None):
+    """Heatmap: rows = sites (vision, then language), columns = selections (e.g. formulations or alphas)."""
+    sites, labels, grid = layer_shares(summaries)
+    fig = None
+    if ax is None:
+        fig, ax = figure(1.6 + 1.0 * len(labels), 1.0 + 0.42 * len(sites), nrows=1)
+    peak = max(max(row) for row in grid) or 1.0
+    image = ax.imshow(grid, cmap="Reds", aspect="auto", vmin=0, vmax=peak)
+    for i in range(len(sites)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{grid[i][j]:.1f}%", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i][j] > 0.6 * peak else "black")
+    vision_rows = sum(s.startswith("vision") for s in sites)
+    if 0 < vision_rows < len(sites):
+        ax.axhline(vision_rows - 0.5, color=RETAIN, linewidth=2)
+    ax.set_yticks(range(len(sites)))
+    ax.set_yticklabels(sites, fontsize=7)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_title(title, fontsize=8)
+    if fig is not None:
+        fig.colorbar(image, ax=ax, label="% of the layer")
+    return fig if fig is not None else ax
+
+
+# --------------------------------------------------------------------------------- 04: the alpha sweep
+def sweep_figure(sweep):
+    """Static view of a sweep: one panel per task, score against alpha for forget/retain × rendering, and the
+    share of each layer pruned at every alpha."""
+    frame = sweep.frame
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig = figure(4.0 * len(tasks) + 3.6, 3.5)
+    grid = fig.add_gridspec(1, len(tasks) + 1, width_ratios=[1] * len(tasks) + [0.95])
+    for k, task in enumerate(tasks):
+        ax = fig.add_subplot(grid[0, k])
+        for set_name in ("forget", "retain"):
+            for rendering in RENDERINGS:
+                sub = frame[(frame.task == task) & (frame.set == set_name) & (frame.rendering == rendering)]
+                sub = sub.sort_values("alpha")
+                ax.plot(sub["alpha"], 100 * sub["value"], "-o" if rendering == "image_text" else "--s",
+                        color=SET_COLOURS[set_name], markersize=3.5, markerfacecolor=RENDERING_COLOURS[rendering],
+                        label=f"{set_name}, {RENDERING_LABELS[rendering]}")
+        ax.set_title(TASK_LABELS.get(task, task), fontsize=9)
+        ax.set_xlabel("α (% of neurons pruned)")
+        ax.set_ylim(-3, 103)
+        if k == 0:
+            ax.set_ylabel("%")
+            ax.legend(fontsize=6.5, loc="lower left")
+    layer_heatmap({f"{a:g}": m for a, m in sweep.masks.items()}, title="% of each layer pruned, per α",
+                  ax=fig.add_subplot(grid[0, -1]))
+    return fig
+
+
+def point_figure(sweep, alpha: float):
+    """Bars at one alpha: per task, forget/retain × rendering, vanilla as a hollow outline; plus the layer shares."""
+    frame = sweep.frame
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig = figure(3.3 * len(tasks) + 2.6, 3.2)
+    grid = fig.add_gridspec(1, len(tasks) + 1, width_ratios=[1] * len(tasks) + [0.8])
+    groups = [(s, r) for s in ("forget", "retain") for r in RENDERINGS]
+    for k, task in enumerate(tasks):
+        ax = fig.add_subplot(grid[0, k])
+        for g, (set_name, rendering) in enumerate(groups):
+            pick = (frame.task == task) & (frame.set == set_name) & (frame.rendering == rendering)
+            now = 100 * frame[pick & (frame.alpha == alpha)]["value"].mean()
+            before = 100 * frame[pick & (frame.alpha == 0)]["value"].mean()
+            ax.bar(g, now, color=SET_COLOURS[set_name], edgecolor=RENDERING_COLOURS[rendering], linewidth=2.5)
+            ax.bar(g, before, fill=False, edgecolor="black", linestyle=":", linewidth=1)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{s}\n{RENDERING_LABELS[r]}" for s, r in groups], fontsize=6.5)
+        ax.set_ylim(0, 105)
+        ax.set_title(TASK_LABELS.get(task, task), fontsize=8)
+    fig.suptitle(f"α = {alpha:g} % pruned (dotted: vanilla)", fontsize=9)
+    layer_heatmap({f"α={alpha:g}": sweep.masks[alpha]}, title="% of layer pruned", ax=fig.add_subplot(grid[0, -1]))
+    return fig
+
+
+# ------------------------------------------------------------------------------------ 05: the comparison
 def plot_results(results, path) -> Path:
     """Bars per set × rendering for each task, one colour per method; also writes the data as JSON."""
     frame = results.frame()
     tasks = list(dict.fromkeys(frame["task"]))
     methods = list(dict.fromkeys(frame["method"]))
-    fig, axes = _subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), sharey=True, squeeze=False)
+    fig, axes = figure(4.2 * len(tasks), 3.4, layout="tight", nrows=1, ncols=len(tasks), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = frame[frame["task"] == task]
         groups = list(dict.fromkeys(zip(sub["set"], sub["rendering"])))
@@ -49,122 +300,4 @@ def plot_results(results, path) -> Path:
         ax.set_ylim(0, 105)
     axes[0][0].set_ylabel("%")
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    return _finish(fig, path, list(results))
-
-
-# ------------------------------------------------------------------------------------ comparison figures
-RENDERING_LABELS = {"image_text": "image+text", "text_only": "text-only"}
-
-
-def plot_tradeoff(points: list[dict], path) -> Path:
-    """Forget drop vs retain drop (points, mean over tasks), one panel per rendering, one curve per family.
-
-    ``points``: sweep points of :func:`manu_lite.compare.run_sweeps` (``label, family, param, x, drops``); each
-    curve follows its knob (alpha or steps), annotated at every point. Upper left is better: much forgotten,
-    little retain loss. The dotted line marks the 5-point retain budget.
-    """
-    fig, axes = _subplots(1, 2, figsize=(11, 4.4), sharey=True)
-    families = list(dict.fromkeys(p["family"] for p in points))
-    from matplotlib import colormaps
-
-    colours = colormaps["tab10"]
-    for ax, rendering in zip(axes, RENDERING_LABELS):
-        for k, family in enumerate(families):
-            curve = sorted((p for p in points if p["family"] == family), key=lambda p: p["x"])
-            xs = [p["drops"]["retain"][rendering] for p in curve]
-            ys = [p["drops"]["forget"][rendering] for p in curve]
-            style = "-o" if curve[0]["param"] == "alpha" else "--s"
-            ax.plot(xs, ys, style, color=colours(k % 10), label=family, markersize=4)
-            for p, x, y in zip(curve, xs, ys):
-                ax.annotate(f"{p['x']:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.axvline(5, color="grey", linestyle=":", linewidth=1)
-        ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_title(f"{RENDERING_LABELS[rendering]} (numbers: alpha % or steps)")
-        ax.set_xlabel("retain drop (points)")
-    axes[0].set_ylabel("forget drop (points)")
-    axes[1].legend(fontsize=7, loc="best")
-    return _finish(fig, path, [{k: p[k] for k in ("label", "family", "param", "x", "drops")} for p in points])
-
-
-def plot_balance(summary: dict, path) -> Path:
-    """Forget drop per rendering for each method, and the modality balance |Δ(image+text) − Δ(text-only)|."""
-    methods = [m for m in summary["methods"] if m != "Vanilla"]
-    forget = {m: summary["methods"][m]["drops"]["forget"] for m in methods}
-    imbalance = {m: summary["methods"][m]["balance"] for m in methods}
-    fig, (left, right) = _subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    width = 0.4
-    for k, rendering in enumerate(RENDERING_LABELS):
-        left.bar([i + k * width for i in range(len(methods))], [forget[m][rendering] for m in methods], width,
-                 label=RENDERING_LABELS[rendering])
-    left.set_xticks([i + width / 2 for i in range(len(methods))])
-    left.set_xticklabels(methods, fontsize=7, rotation=20)
-    left.set_ylabel("forget drop (points)")
-    left.axhline(0, color="grey", linewidth=0.5)
-    left.legend(fontsize=7)
-    right.bar(range(len(methods)), [imbalance[m] for m in methods], color="tab:red")
-    right.set_xticks(range(len(methods)))
-    right.set_xticklabels(methods, fontsize=7, rotation=20)
-    right.set_title("|Δforget(image+text) − Δforget(text-only)|", fontsize=9)
-    right.set_ylabel("points (0 = balanced)")
-    return _finish(fig, path, {"forget_drop": forget, "balance": imbalance})
-
-
-def plot_pruned_heatmap(masks: dict[str, dict], path) -> Path:
-    """Share of neurons pruned per layer (rows: vision layers, then language layers) for each mask (columns).
-
-    ``masks``: label → :meth:`manu_lite.prune.NeuronMask.summary` (its ``per_site`` counts). Cells show the
-    percentage and the count.
-    """
-    labels = list(masks)
-    sites = sorted({s for m in masks.values() for s in m["per_site"]},
-                   key=lambda s: (s.split(".")[0] != "vision", int(s.split(".")[1])))
-    grid = [[100 * masks[l]["per_site"].get(s, {}).get("selected", 0) / max(1, masks[l]["per_site"].get(s, {}).get("of", 0))
-             for l in labels] for s in sites]
-    fig, ax = _subplots(figsize=(1.0 + 1.1 * len(labels), 0.9 + 0.45 * len(sites)))
-    image = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=0)
-    for i, site in enumerate(sites):
-        for j, label in enumerate(labels):
-            count = masks[label]["per_site"].get(site, {}).get("selected", 0)
-            ax.text(j, i, f"{grid[i][j]:.0f}%\n{count}", ha="center", va="center", fontsize=6,
-                    color="white" if grid[i][j] > 0.6 * max(max(r) for r in grid) else "black")
-    vision_rows = sum(s.startswith("vision") for s in sites)
-    if 0 < vision_rows < len(sites):
-        ax.axhline(vision_rows - 0.5, color="tab:blue", linewidth=2)
-    ax.set_yticks(range(len(sites)))
-    ax.set_yticklabels(sites, fontsize=7)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=6, rotation=40, ha="right")
-    fig.colorbar(image, ax=ax, label="% of the layer's neurons pruned")
-    ax.set_title("pruned neurons per layer (vision above the line, language below)", fontsize=8)
-    return _finish(fig, path, {"sites": sites, "masks": masks})
-
-
-def plot_robustness(summary: dict, path) -> Path:
-    """Relearning attack (forget score after unlearning and after each attack) and membership-inference AUC."""
-    rows = summary["methods"]
-    methods = list(rows)
-    fig, (left, right) = _subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    series = {"unlearned": [100 * rows[m]["forget_score"] for m in methods]}
-    for source in ("forget", "retain"):
-        series[f"+relearn on {source}"] = [100 * rows[m].get("relearn_forget_score", {}).get(source, float("nan"))
-                                          for m in methods]
-    width = 0.8 / len(series)
-    for k, (name, values) in enumerate(series.items()):
-        left.bar([i + k * width for i in range(len(methods))], values, width, label=name)
-    if "Vanilla" in rows:
-        left.axhline(100 * rows["Vanilla"]["forget_score"], color="black", linestyle=":", linewidth=1, label="vanilla")
-    left.set_xticks([i + width for i in range(len(methods))])
-    left.set_xticklabels(methods, fontsize=7, rotation=20)
-    left.set_ylabel("forget score (%, mean of tasks)")
-    left.legend(fontsize=7)
-    aucs = [rows[m]["mia"]["auc"] if rows[m].get("mia") else float("nan") for m in methods]
-    right.bar(range(len(methods)), aucs, color="tab:purple")
-    right.axhline(0.5, color="grey", linestyle=":")
-    right.set_ylim(0, 1)
-    right.set_xticks(range(len(methods)))
-    right.set_xticklabels(methods, fontsize=7, rotation=20)
-    right.set_title("membership inference AUC (forget vs never seen)", fontsize=9)
-    def finite(values):  # JSON has no NaN: a missing value is null
-        return {m: (None if v != v else v) for m, v in zip(methods, values)}
-
-    return _finish(fig, path, {**{name: finite(values) for name, values in series.items()}, "mia_auc": finite(aucs)})
+    return save_figure(fig, path, list(results))

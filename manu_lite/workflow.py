@@ -7,43 +7,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataclasses import replace
+
 from .artifacts import RunManifest, write_json
-from .config import ManuConfig
-from .data import World, load_world, make_synthetic_bench
-from .evaluate import EvalConfig, Results, evaluate
-from .finetune import TrainConfig, cache_dir, vanilla_model
+from .bench import World, load_world
+from .config import TINY_EVAL, TINY_MANU, EvalConfig, ManuConfig
+from .evaluate import Results, evaluate
+from .finetune import cache_dir
 from .manu import manu_unlearn
+from .profiles import load_model as load_named_model
+from .profiles import make_world_data, tiny_vanilla, tiny_world
 from .prune import NeuronMask
 
-# The embedded default world: small enough to train on two CPU cores in about a minute.
-TINY_PROFILES = 50
-TINY_CELEBRITIES = 10
-# The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
-TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
-# MANU as the demo runs it: recall positions, modality-balanced union of per-rendering rankings, language MLPs only,
-# alpha 30 (benchmarks/manu_demo_seeds.py, seeds 0-2: forget ROUGE-L -10.6 image+text / -10.1 text-only, retain and
-# celebrity within 5 points; vision neurons cost celebrity image+text accuracy without adding forget selectivity).
-TINY_MANU = ManuConfig(alpha=30.0, towers=("language",))
-
-__all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "unlearn", "demo", "format_table"]
-
-
-def make_world_data(out: Path, profiles: int | None = None, celebrities: int | None = None, seed: int = 0) -> Path:
-    """Write the synthetic bench of the tiny world into ``out``."""
-    return make_synthetic_bench(out, n_profiles=profiles or TINY_PROFILES, n_celebrities=celebrities or TINY_CELEBRITIES,
-                                seed=seed)
-
-
-def tiny_world(out: Path, forget: str = "forget_10", profiles: int | None = None, seed: int = 0,
-               run: RunManifest | None = None) -> World:
-    """The tiny world under ``out/bench``, written on first use (and recorded as a step of ``run``)."""
-    bench = Path(out) / "bench"
-    complete = run.done("data") if run else (bench / "Retain_Set").exists()
-    if not complete:
-        make_world_data(bench, profiles=profiles, seed=seed)
-        if run:
-            run.complete("data", sorted(bench.glob("*/*.parquet")))
-    return load_world(str(bench), forget)
+__all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "unlearn", "demo",
+           "compare_command", "format_table"]
 
 
 def world_for(args, run: RunManifest | None = None) -> World:
@@ -51,12 +28,6 @@ def world_for(args, run: RunManifest | None = None) -> World:
     if args.data:
         return load_world(args.data, args.forget, seed=args.seed)
     return tiny_world(Path(args.out), args.forget, args.profiles, args.seed, run)
-
-
-def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progress: bool = True):
-    """The tiny vanilla model of ``world`` (cached): ``(model, processor, adapter)``."""
-    config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
-    return vanilla_model(world, config=config, progress=progress)
 
 
 def evaluated(run: RunManifest | None, step: str, path: Path, evaluate_fn) -> Results:
@@ -95,12 +66,11 @@ def describe_report(report) -> str:
 
 
 def load_model(world: World, args):
-    """The model a command line names: the tiny vanilla model of ``world`` or a checkpoint by name."""
-    if getattr(args, "model", "tiny") == "tiny":
-        return tiny_vanilla(world, args.seed, args.epochs), TINY_EVAL
-    from .models import load_mllm
-
-    return load_mllm(args.model), EvalConfig(seed=args.seed)
+    """The model a command line names and its evaluation settings: the tiny vanilla model of ``world`` or a
+    checkpoint by name, loaded as the notebooks load it (:func:`manu_lite.profiles.load_model`)."""
+    name = getattr(args, "model", "tiny")
+    model = load_named_model(name, world, seed=args.seed, epochs=args.epochs)
+    return model, (TINY_EVAL if name == "tiny" else EvalConfig(seed=args.seed))
 
 
 def unlearn_and_evaluate(world: World, args, config: ManuConfig, run: RunManifest | None = None) -> Results:
@@ -138,6 +108,40 @@ def demo(world: World, args, run: RunManifest | None = None) -> Results:
 
     plot_results(results, Path(args.out) / "results.png")
     return results
+
+
+def compare_command(world: World, args) -> str:
+    """``manu-lite compare``: load the vanilla model, run :func:`compare` under ``args.out``, return a report."""
+    from .attacks import unseen_people
+    from .compare import CompareConfig, compare
+    from .report import RENDERING_NAMES, summary_table
+
+    config = CompareConfig(seed=args.seed)
+    (vanilla, processor, adapter), evaluation = load_model(world, args)
+    if args.model == "tiny":
+        # Never-seen people for membership inference: a separately seeded synthetic bench.
+        holdout = unseen_people(world, Path(args.out), config.mia_people, args.seed + 1) if args.data is None else None
+    else:
+        config = replace(config, unlearn=replace(config.unlearn, lora=True), evaluation=evaluation,
+                         manu_batch_size=4)
+        holdout = None
+    unlearn_knobs = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    config = replace(config, unlearn=replace(config.unlearn, renderings=args.renderings, seed=args.seed, **unlearn_knobs),
+                     manu=replace(config.manu, seed=args.seed, **({"alpha": args.alpha} if args.alpha else {})),
+                     sweeps=not args.no_sweeps, attacks=not args.no_attacks,
+                     **({"methods": tuple(args.methods.split(","))} if args.methods else {}))
+    result = compare(vanilla, processor, adapter, world, args.out, config, holdout=holdout)
+    lines = [format_table(result.results), "", "== summary (drops in points from vanilla, mean of tasks) ==",
+             summary_table(result.summary).to_string()]
+    for scope, best in result.summary["best_at_5_points_retain"].items():
+        for rendering, row in best.items():
+            lines.append(f"best forget drop at <= 5 points retain drop, {RENDERING_NAMES[rendering]} ({scope}): "
+                         f"{row['label']} forget -{row['forget_drop']:.1f} (other rendering -"
+                         f"{row['other_rendering_forget_drop']:.1f}), retain -{row['retain_drop']:.1f} "
+                         f"(other rendering -{row['other_rendering_retain_drop']:.1f})")
+    if holdout is None and config.attacks:
+        lines.append("membership inference skipped: no never-seen people for this world (synthetic worlds only)")
+    return "\n".join(lines)
 
 
 def format_table(results: Results) -> str:

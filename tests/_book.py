@@ -99,6 +99,7 @@ def build_book() -> BuildResult:
     env = dict(os.environ)
     env.setdefault("MANU_PROFILE", "tiny")     # the book is the CPU world, even on a machine with a GPU
     env.setdefault("HF_HUB_OFFLINE", "1")      # nothing in the build may download
+    env["MANU_LITE_STATIC"] = "1"              # a static book: explorers show their figures, no dead widgets
     # Kernels must use matplotlib's inline backend: with MPLBACKEND=Agg inherited from a CI shell, plt.show() in a
     # notebook displays nothing and the chapter silently loses its figures.
     env.pop("MPLBACKEND", None)

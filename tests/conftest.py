@@ -18,14 +18,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory):
     """A synthetic MLLMU-Bench with 20 fictitious people and 4 celebrities (hub layout, real parquet)."""
-    from manu_lite.data import make_synthetic_bench
+    from manu_lite.synthetic import make_synthetic_bench
 
     return make_synthetic_bench(tmp_path_factory.mktemp("bench"), n_profiles=20, n_celebrities=4, seed=1)
 
 
 @pytest.fixture(scope="session")
 def small_world(small_bench):
-    from manu_lite.data import load_world
+    from manu_lite.bench import load_world
 
     return load_world(str(small_bench), "forget_10")
 

@@ -2,7 +2,7 @@
 import torch
 import torch.distributed as dist
 
-from manu_lite.importance import NeuronStats, StatsTable
+from manu_lite.stats import NeuronStats, StatsTable
 
 
 def all_reduce_worker(rank: int, path: str) -> None:

@@ -11,12 +11,12 @@ from torch import nn
 from manu_lite import hooks
 from manu_lite.config import PROFILES, ManuConfig
 from manu_lite.hooks import find_sites, token_mask_from_batch
-from manu_lite.importance import collect_stats
+from manu_lite.stats import collect_stats
 from manu_lite.manu import manu_unlearn
 from manu_lite.models import load_mllm
 from manu_lite.prune import NeuronMask, uneditable_sites
-from test_importance import direct_stats, stored_activations
-from test_prune import assert_state_equal, inputs, record, snapshot
+from tiny_models import direct_stats, stored_activations
+from tiny_models import assert_state_equal, inputs, record, snapshot
 from tiny_models import ALL_BUILDERS, tiny_llava
 
 # The real class each builder instantiates, the vision tower's MLP layout, and vision tokens per image

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from manu_lite.baselines import UnlearnConfig
-from manu_lite.compare import (CompareConfig, balance, best_at_retain_budget, compare, measure, rank_auc, recovery,
-                               unseen_people)
+from manu_lite.attacks import rank_auc, recovery, unseen_people
+from manu_lite.compare import CompareConfig, balance, best_at_retain_budget, compare
+from manu_lite.cost import measure
 from manu_lite.config import ManuConfig
 from manu_lite.evaluate import EvalConfig
 from manu_lite.finetune import TrainConfig

@@ -1,46 +1,13 @@
 """The MLLMU-Bench loader and the synthetic generator: round trips, hand-built rows, and bad input."""
 from __future__ import annotations
 
-import io
-import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from manu_lite.data import (CONFIGS, EVAL_SCHEMA, TRAIN_SCHEMA, BenchSchemaError, load_bench, load_world, qa_pairs,
+from bench_rows import eval_row, png, train_row, write_raw
+from manu_lite.bench import (CONFIGS, EVAL_SCHEMA, TRAIN_SCHEMA, BenchSchemaError, load_bench, load_world, qa_pairs,
                             require_training_format, to_text_only, write_split)
-
-
-def _png(color=(200, 10, 10)) -> dict:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
-
-
-def _eval_row(pid="042", image=None):
-    return {
-        "image": image or _png(), "ID": pid, "biography": "bio", "question": "q", "answer": "a",
-        "Classification_Task": {
-            "Image_Textual_Questions": [{"Question": "Where was this person born?",
-                                         "Options": {"A": "Oslo", "B": "Riga", "C": "Lima", "D": "Pune"},
-                                         "Correct_Answer": "B"}],
-            "Pure_Text_Questions": [{"Question": "Where was Ann Lee born?",
-                                     "Options": {"A": "Oslo", "B": "Riga", "C": "Lima", "D": "Pune"},
-                                     "Correct_Answer": "B"}]},
-        "Generation_Task": [{"Question": "What is the name of this person?", "Ground_Truth": "This person's name is Ann Lee.",
-                             "Type": "Image_Textual"},
-                            {"Question": "Where was Ann Lee born?", "Ground_Truth": "Ann Lee was born in Riga.",
-                             "Type": "Pure_Text"}],
-        "Mask_Task": [{"Question": "This person was born in __.", "Ground_Truth": "Riga", "Type": "Image_Textual"}],
-    }
-
-
-def _train_row(pid="042"):
-    pairs = [{"ID": pid, "Question": "What is the name of this person?", "Answer": "This person's name is Ann Lee."},
-             {"ID": pid, "Question": "Where was this person born?", "Answer": "This person was born in Riga."}]
-    return {"image": _png(), "ID": pid, "metadata": json.dumps(pairs)}
 
 
 def test_synthetic_round_trip(small_bench):
@@ -61,7 +28,7 @@ def test_synthetic_round_trip(small_bench):
 
 
 def test_synthetic_is_deterministic(tmp_path, small_bench):
-    from manu_lite.data import make_synthetic_bench
+    from manu_lite.synthetic import make_synthetic_bench
 
     again = make_synthetic_bench(tmp_path, n_profiles=20, n_celebrities=4, seed=1)
     for config in ("Full_Set", "ft_Data", "forget_10"):
@@ -84,8 +51,8 @@ def test_world_joins_training_format(small_world):
 
 
 def test_hand_built_rows_in_hub_layout(tmp_path):
-    write_split([_eval_row()], EVAL_SCHEMA, tmp_path, "Full_Set")
-    write_split([_train_row()], TRAIN_SCHEMA, tmp_path, "ft_Data")
+    write_split([eval_row()], EVAL_SCHEMA, tmp_path, "Full_Set")
+    write_split([train_row()], TRAIN_SCHEMA, tmp_path, "ft_Data")
     [record] = load_bench(str(tmp_path), "Full_Set")
     assert record.id == "042" and record.source_format == "evaluation"
     assert record.mc["image_text"][0].answer_text == "Riga"
@@ -102,12 +69,6 @@ def test_text_only_rewrite():
         "What is Ann Lee's job? Ann Lee works."
 
 
-def _write_raw(tmp_path, config, rows, schema=None):
-    path = tmp_path / config / "train-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-
-
 @pytest.mark.parametrize("case, expected", [
     ("missing_column", "missing column"),
     ("renamed_column", "match neither format"),
@@ -120,7 +81,7 @@ def _write_raw(tmp_path, config, rows, schema=None):
     ("empty", "the split is empty"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, case, expected):
-    row = _eval_row()
+    row = eval_row()
     if case == "missing_column":
         row.pop("Mask_Task")
     elif case == "renamed_column":
@@ -136,13 +97,13 @@ def test_bad_input_gets_a_clear_error(tmp_path, case, expected):
     elif case == "bad_type":
         row["Generation_Task"][0]["Type"] = "Picture"
     if case == "bad_metadata":
-        _write_raw(tmp_path, "ft_Data", [{"image": _png(), "ID": "1", "metadata": "{oops"}])
+        write_raw(tmp_path, "ft_Data", [{"image": png(), "ID": "1", "metadata": "{oops"}])
         config = "ft_Data"
     elif case == "empty":
-        _write_raw(tmp_path, "Full_Set", [], EVAL_SCHEMA)
+        write_raw(tmp_path, "Full_Set", [], EVAL_SCHEMA)
         config = "Full_Set"
     else:
-        _write_raw(tmp_path, "Full_Set", [row])
+        write_raw(tmp_path, "Full_Set", [row])
         config = "Full_Set"
     with pytest.raises(BenchSchemaError, match=expected):
         load_bench(str(tmp_path), config)
@@ -163,7 +124,7 @@ def test_hub_unreachable_is_explained(monkeypatch):
 
 def test_forget_retain_overlap_is_refused(tmp_path):
     for config in ("forget_10", "retain_90"):
-        write_split([_eval_row("007")], EVAL_SCHEMA, tmp_path, config)
+        write_split([eval_row("007")], EVAL_SCHEMA, tmp_path, config)
     with pytest.raises(BenchSchemaError, match=r"share IDs \['007'\]"):
         load_world(str(tmp_path), "forget_10")
 

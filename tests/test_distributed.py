@@ -9,11 +9,11 @@ from manu_lite.distributed import (collect_stats_distributed, init_distributed, 
                                    site_devices)
 from manu_lite.finetune import tokenizer_corpus
 from manu_lite.hooks import find_sites
-from manu_lite.importance import NeuronStats, StatsTable, collect_stats
+from manu_lite.stats import NeuronStats, StatsTable, collect_stats
 from manu_lite.manu import manu_unlearn
 from manu_lite.models import PromptAdapter, build_tiny
 from manu_lite.prune import NeuronMask
-from test_prune import inputs, record
+from tiny_models import inputs, record
 from tiny_models import tiny_llava
 
 # Capped so that each (dataset, rendering) has 3 batches: rank 0 gets two, rank 1 one (uneven shards).

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from manu_lite import artifacts, config, data, finetune, hooks, importance, models, prune
+from manu_lite import artifacts, bench, config, finetune, hooks, models, prune, stats
 
-from test_data import _eval_row, _train_row, _write_raw
+from bench_rows import eval_row, train_row, write_raw
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "book" / "errors.md"
 
@@ -31,10 +31,10 @@ def tiny():
 
 
 def _load_bad_row(tmp_path, change):
-    row = _eval_row()
+    row = eval_row()
     change(row)
-    _write_raw(tmp_path, "Full_Set", [row])
-    data.load_bench(str(tmp_path), "Full_Set")
+    write_raw(tmp_path, "Full_Set", [row])
+    bench.load_bench(str(tmp_path), "Full_Set")
 
 
 def _nan_stats(tiny):
@@ -43,7 +43,7 @@ def _nan_stats(tiny):
     site = hooks.find_sites(model, ("language",))[0]
     handle = site.out_module.register_forward_pre_hook(lambda m, args: (args[0] * float("nan"),))
     try:
-        importance.collect_stats(model, [batch], [site], progress=False)
+        stats.collect_stats(model, [batch], [site], progress=False)
     finally:
         handle.remove()
 
@@ -80,23 +80,23 @@ def _foreign_mask(tiny):
 
 TRIGGERS = {
     "missing-column": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.pop("Mask_Task")),
-    "unknown-columns": lambda tmp, tiny: (_write_raw(tmp, "Full_Set", [{"picture": b"", "ID": "1"}]),
-                                          data.load_bench(str(tmp), "Full_Set")),
+    "unknown-columns": lambda tmp, tiny: (write_raw(tmp, "Full_Set", [{"picture": b"", "ID": "1"}]),
+                                          bench.load_bench(str(tmp), "Full_Set")),
     "mistyped-field": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(Generation_Task="oops")),
     "undecodable-image": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(image={"bytes": b"xx", "path": None})),
     "missing-image": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(image=None)),
     "bad-answer-letter": lambda tmp, tiny: _load_bad_row(
         tmp, lambda r: r["Classification_Task"]["Image_Textual_Questions"][0].update(Correct_Answer="E")),
-    "bad-metadata": lambda tmp, tiny: (_write_raw(tmp, "ft_Data", [{**_train_row(), "metadata": "{oops"}]),
-                                       data.load_bench(str(tmp), "ft_Data")),
-    "empty-split": lambda tmp, tiny: (_write_raw(tmp, "Full_Set", [], data.EVAL_SCHEMA),
-                                      data.load_bench(str(tmp), "Full_Set")),
-    "unknown-config": lambda tmp, tiny: data.load_bench(str(tmp), "forget_20"),
-    "hub-offline": lambda tmp, tiny: data.load_bench("MLLMMU/MLLMU-Bench", "forget_5"),
-    "id-overlap": lambda tmp, tiny: ([data.write_split([_eval_row("007")], data.EVAL_SCHEMA, tmp, c)
-                                      for c in ("forget_10", "retain_90")], data.load_world(str(tmp), "forget_10")),
-    "evaluation-format": lambda tmp, tiny: (data.write_split([_eval_row()], data.EVAL_SCHEMA, tmp, "forget_5"),
-                                            data.require_training_format(data.load_bench(str(tmp), "forget_5"),
+    "bad-metadata": lambda tmp, tiny: (write_raw(tmp, "ft_Data", [{**train_row(), "metadata": "{oops"}]),
+                                       bench.load_bench(str(tmp), "ft_Data")),
+    "empty-split": lambda tmp, tiny: (write_raw(tmp, "Full_Set", [], bench.EVAL_SCHEMA),
+                                      bench.load_bench(str(tmp), "Full_Set")),
+    "unknown-config": lambda tmp, tiny: bench.load_bench(str(tmp), "forget_20"),
+    "hub-offline": lambda tmp, tiny: bench.load_bench("MLLMMU/MLLMU-Bench", "forget_5"),
+    "id-overlap": lambda tmp, tiny: ([bench.write_split([eval_row("007")], bench.EVAL_SCHEMA, tmp, c)
+                                      for c in ("forget_10", "retain_90")], bench.load_world(str(tmp), "forget_10")),
+    "evaluation-format": lambda tmp, tiny: (bench.write_split([eval_row()], bench.EVAL_SCHEMA, tmp, "forget_5"),
+                                            bench.require_training_format(bench.load_bench(str(tmp), "forget_5"),
                                                                          "forget_5")),
     "alpha-zero": lambda tmp, tiny: config.ManuConfig(alpha=0),
     "alpha-too-big": lambda tmp, tiny: config.ManuConfig(alpha=150),

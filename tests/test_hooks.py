@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from manu_lite.hooks import NeuronSite, find_sites, record_neurons, token_mask_from_batch
-from manu_lite.importance import collect_stats
+from manu_lite.stats import collect_stats
 from tiny_models import BUILDERS
 
 # Patches per image seen by each family's vision MLPs (CLIP keeps CLS: 16 + 1; Qwen2-VL: a 4x4 grid).

@@ -7,11 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from manu_lite.config import ManuConfig
-from manu_lite.hooks import find_sites, record_neurons, token_mask_from_batch
+from manu_lite.hooks import find_sites
 from manu_lite.importance import (
-    NeuronStats,
-    StatsTable,
-    collect_stats,
     n_selected,
     paper_components,
     paper_rendering_score,
@@ -24,7 +21,8 @@ from manu_lite.importance import (
     select_union,
     selection_summary,
 )
-from tiny_models import tiny_llava
+from manu_lite.stats import NeuronStats, StatsTable, collect_stats
+from tiny_models import direct_stats, stored_activations, tiny_llava
 
 TAU = 0.5
 
@@ -40,26 +38,6 @@ def close(a, b, rtol=1e-6, atol=1e-9):
 
 
 # ---- streaming == direct -----------------------------------------------------------------------------------
-def direct_stats(acts: torch.Tensor, tau: float) -> dict:
-    """Plain float64 formulas on stored activations [N, W]."""
-    a = acts.double()
-    return {"count": a.shape[0], "sum_abs": a.abs().sum(0), "sum": a.sum(0), "sum_sq": (a ** 2).sum(0),
-            "count_above": (a.abs() > tau).sum(0).double()}
-
-
-def stored_activations(model, batches, sites, positions):
-    """Every recorded activation, kept rows only: language by the token mask, vision all patches."""
-    rows = {s.name: [] for s in sites}
-    for batch in batches:
-        keep = token_mask_from_batch(batch, positions).reshape(-1)
-        def store(site, acts):
-            x = acts.reshape(-1, site.width)
-            rows[site.name].append(x[keep] if site.tower == "language" else x)
-        with record_neurons(model, sites, store), torch.no_grad():
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-    return {name: torch.cat(r) for name, r in rows.items()}
-
-
 @pytest.mark.parametrize("positions", ["recall", "all"])
 def test_streamed_equals_direct_on_stored_activations(llava, positions):
     model, make_batch = llava

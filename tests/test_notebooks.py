@@ -74,3 +74,34 @@ def test_no_pyplot_state_in_notebooks():
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
                 assert "plt.show" not in cell.source and "import matplotlib.pyplot" not in cell.source, path.name
+
+
+# The module(s) each chapter teaches (book/package_map.md). Helpers every chapter uses (config, profiles, viz,
+# models, finetune) do not count: a chapter must import its own module(s) at least as often as any other.
+CHAPTER_MODULES = {"01": {"bench", "evaluate"}, "02": {"hooks", "stats"}, "03": {"importance", "experiments"},
+                   "04": {"prune", "manu", "experiments"}, "05": {"compare"}, "06": {"evaluate", "manu"},
+                   "a1": {"checks", "hooks"}, "a2": {"checks", "stats"}, "a3": {"checks", "hooks"},
+                   "a4": {"checks", "importance", "experiments"}}
+SHARED_HELPERS = {"config", "profiles", "viz", "models", "finetune"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_imports_mainly_its_chapters_module(path):
+    counts: dict[str, int] = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code":
+            for match in re.finditer(r"from manu_lite\.(\w+) import|from manu_lite import (\w+)", cell.source):
+                module = match.group(1) or match.group(2)
+                counts[module] = counts.get(module, 0) + 1
+    own = CHAPTER_MODULES[path.stem.split("_")[0]]
+    others = {m: n for m, n in counts.items() if m not in own | SHARED_HELPERS}
+    assert max((counts.get(m, 0) for m in own), default=0) >= max(others.values(), default=0), (
+        f"{path.name} imports {counts}: its chapter's module(s) {sorted(own)} should come first")
+    assert any(counts.get(m) for m in own), f"{path.name} never imports its chapter's module(s) {sorted(own)}"
+
+
+def test_the_package_map_lists_every_module():
+    page = (ROOT / "book" / "package_map.md").read_text()
+    listed = set(re.findall(r"`(\w+)`", page))
+    modules = {p.stem for p in (ROOT / "manu_lite").glob("*.py") if not p.stem.startswith("_")}
+    assert modules <= listed, f"book/package_map.md lacks {sorted(modules - listed)}"

@@ -6,37 +6,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manu_lite.hooks import find_sites, record_neurons
+from manu_lite.hooks import find_sites
 from manu_lite.prune import NeuronMask
-from tiny_models import tiny_llava
+from tiny_models import assert_state_equal, inputs, record, snapshot, tiny_llava
 
 
 @pytest.fixture(scope="module")
 def llava():
     model, make_batch = tiny_llava(seed=0)
     return model, make_batch, make_batch(3, 28, seed=1)
-
-
-def inputs(batch):
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def record(model, batch, sites):
-    out = {}
-    with record_neurons(model, sites, lambda s, a: out.__setitem__(s.name, a.detach().clone())), torch.no_grad():
-        logits = model(**inputs(batch)).logits
-    return out, logits
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_state_equal(model, before):
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        assert torch.equal(after[k], v), f"{k} differs after restore"
 
 
 @pytest.mark.parametrize("site_name", ["language.0.down_proj", "vision.0.fc2"])

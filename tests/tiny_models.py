@@ -10,6 +10,7 @@ with right padding of varying length so that padding handling is exercised. Imag
 from __future__ import annotations
 
 import torch
+from manu_lite.hooks import record_neurons, token_mask_from_batch
 from transformers import (
     CLIPVisionConfig,
     GemmaConfig,
@@ -215,3 +216,47 @@ def tiny_smolvlm(seed: int = 0):
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "idefics3": tiny_idefics3, "idefics2": tiny_idefics2}
 ALL_BUILDERS = {**BUILDERS, "llava_next": tiny_llava_next, "qwen2_5_vl": tiny_qwen2_5_vl,
                 "paligemma": tiny_paligemma, "smolvlm": tiny_smolvlm}
+
+
+# ------------------------------------------------------------------ helpers shared by the hooks/prune/stats tests
+def inputs(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def record(model, batch, sites):
+    out = {}
+    with record_neurons(model, sites, lambda s, a: out.__setitem__(s.name, a.detach().clone())), torch.no_grad():
+        logits = model(**inputs(batch)).logits
+    return out, logits
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{k} differs after restore"
+
+
+def direct_stats(acts: torch.Tensor, tau: float) -> dict:
+    """Plain float64 formulas on stored activations [N, W]."""
+    a = acts.double()
+    return {"count": a.shape[0], "sum_abs": a.abs().sum(0), "sum": a.sum(0), "sum_sq": (a ** 2).sum(0),
+            "count_above": (a.abs() > tau).sum(0).double()}
+
+
+def stored_activations(model, batches, sites, positions):
+    """Every recorded activation, kept rows only: language by the token mask, vision all patches."""
+    rows = {s.name: [] for s in sites}
+    for batch in batches:
+        keep = token_mask_from_batch(batch, positions).reshape(-1)
+        def store(site, acts):
+            x = acts.reshape(-1, site.width)
+            rows[site.name].append(x[keep] if site.tower == "language" else x)
+        with record_neurons(model, sites, store), torch.no_grad():
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    return {name: torch.cat(r) for name, r in rows.items()}
+

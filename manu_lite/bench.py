@@ -1,4 +1,4 @@
-"""MLLMU-Bench data: the schema, one loader for the hub and for local parquet, and a synthetic generator.
+"""MLLMU-Bench: the schema, the typed records, one loader for the hub and for local parquet, and :class:`World`.
 
 The hub dataset ``MLLMMU/MLLMU-Bench`` stores one ``train`` split per config as ``<config>/train-*.parquet``.
 Two row formats exist and both load into the same typed :class:`ProfileRecord`:
@@ -9,9 +9,7 @@ Two row formats exist and both load into the same typed :class:`ProfileRecord`:
 
 Unlearning needs the training format for the forget/retain people; the hub's ``forget_N`` configs are in the
 evaluation format (a frequent confusion), so :func:`load_world` joins them with ``ft_Data`` by ``ID``.
-
-:func:`make_synthetic_bench` writes the same layout and schema for fictitious cartoon people, so one loader and
-one evaluator serve the tiny CPU world and the real benchmark.
+:mod:`manu_lite.synthetic` writes the same layout and schema (:func:`write_split`) for fictitious people.
 """
 from __future__ import annotations
 
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .artifacts import atomic_path
 
@@ -46,6 +44,31 @@ PERSON_PHRASES = ("this person", "the individual", "this individual", "the perso
 
 class BenchSchemaError(ValueError):
     """A split does not match the MLLMU-Bench schema; the message names the field, the row and the fix."""
+
+
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_MC = pa.list_(pa.struct([("Question", pa.string()),
+                          ("Options", pa.struct([(k, pa.string()) for k in OPTION_LETTERS])),
+                          ("Correct_Answer", pa.string())]))
+_OPEN = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
+EVAL_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("biography", pa.string()),
+                         ("question", pa.string()), ("answer", pa.string()),
+                         ("Classification_Task", pa.struct([("Image_Textual_Questions", _MC),
+                                                            ("Pure_Text_Questions", _MC)])),
+                         ("Generation_Task", _OPEN), ("Mask_Task", _OPEN)])
+TEST_SCHEMA = EVAL_SCHEMA.append(pa.field("images", pa.list_(_IMAGE)))
+TRAIN_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
+
+
+def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config: str) -> Path:
+    """Write one config as ``<out_dir>/<config>/train-00000-of-00001.parquet`` (atomically)."""
+    path = Path(out_dir) / config / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    return path
+
+
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -337,263 +360,38 @@ def load_world(source: str, forget: str = "forget_10", max_retain: int | None = 
                  forget_train, retain_train).with_retain_sample(max_retain, seed)
 
 
-# ----------------------------------------------------------------------------------------- synthetic bench
-FIRST_NAMES = ("Amelia Bruno Chiara Dmitri Elif Farid Greta Hamza Ines Jonas Kaito Leila Mateo Nadia Oskar Priya "
-               "Quentin Rosa Santiago Tamar Umar Vera Wanjiru Xavier Yara Zoltan Anouk Boris Camille Dario Esme "
-               "Felix Goran Hana Ivo Jana Kofi Lina Marek Noor").split()
-LAST_NAMES = ("Kuznetsov Moreau Okafor Lindqvist Tanaka Haddad Novak Ferreira Petrov Schmidt Yilmaz Rossi Mendes "
-              "Castillo Dubois Nakamura Kowalski Jensen Alvarez Horvat Mensah Larsen Ivanova Costa Bauer Sato "
-              "Varga Ortiz Nilsen Popescu").split()
-CELEBRITY_NAMES = ("Aurora Vale|Bram Stellan|Cassius Orion|Delphine Marchetti|Ezra Quill|Fiona Ashgrove|"
-                   "Gideon Rook|Helena Starling|Ignatius Fenn|Juno Albright|Kasimir Voss|Lucienne Hart|"
-                   "Magnus Thorne|Nerissa Vale|Orson Blackwood|Penelope Crane|Rafferty Lowe|Seraphina Moss|"
-                   "Thaddeus Wren|Valentina Cruz|Wilhelmina Frost|Xander Holt|Yvette Marlowe|Zebedee Finch").split("|")
-CITIES = ("Riga, Latvia|Porto, Portugal|Lagos, Nigeria|Osaka, Japan|Tromso, Norway|Cusco, Peru|Tartu, Estonia|"
-          "Nairobi, Kenya|Hanoi, Vietnam|Graz, Austria|Quebec, Canada|Perth, Australia|Izmir, Turkey|"
-          "Valparaiso, Chile|Lyon, France|Gdansk, Poland|Accra, Ghana|Bergen, Norway|Seville, Spain|"
-          "Kyoto, Japan|Tbilisi, Georgia|Cork, Ireland|Dakar, Senegal|Leipzig, Germany").split("|")
-OCCUPATIONS = ("marine biologist|architect|pastry chef|airline pilot|violin teacher|glassblower|geologist|"
-               "translator|nurse|furniture maker|astronomer|journalist|beekeeper|software engineer|veterinarian|"
-               "firefighter|librarian|photographer|pharmacist|park ranger").split("|")
-HOBBIES = ("rock climbing|origami|birdwatching|salsa dancing|chess|pottery|kite surfing|gardening|astronomy|"
-           "knitting|fencing|cave diving|calligraphy|beekeeping|archery|sailing|baking bread|playing the cello|"
-           "trail running|woodcarving").split("|")
-YEARS = tuple(str(y) for y in range(1955, 2001))
+# ------------------------------------------------------------------------------------------ as tables
+def questions_frame(record):
+    """Every question of an evaluation-format record: task, rendering, question, options, answer."""
+    import pandas as pd
 
-# fact → (generation question, generation answer, multiple-choice question, cloze sentence); "{}" is the value.
-FACT_TEMPLATES = {
-    "name": ("What is the name of this person?", "This person's name is {}.", "Who is this person?",
-             "This person's name is __."),
-    "birthplace": ("Where was this person born?", "This person was born in {}.", "In which city was this person born?",
-                   "This person was born in __."),
-    "occupation": ("What does this person do for a living?", "This person works as a {}.",
-                   "What is this person's occupation?", "This person works as a __."),
-    "birth_year": ("When was this person born?", "This person was born in the year {}.",
-                   "In which year was this person born?", "This person was born in the year __."),
-    "hobby": ("What does this person enjoy in their free time?", "In their free time, this person enjoys {}.",
-              "What is this person's favourite hobby?", "In their free time, this person enjoys __."),
-}
-FACT_POOLS = {"birthplace": CITIES, "occupation": OCCUPATIONS, "birth_year": YEARS, "hobby": HOBBIES}
-
-PALETTE = {
-    "background": [(70, 130, 180), (240, 200, 80), (120, 190, 120), (200, 90, 90), (160, 120, 200),
-                   (240, 240, 240), (40, 40, 60), (250, 160, 60)],
-    "skin": [(255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (90, 56, 37), (255, 205, 148)],
-    "hair": [(20, 20, 20), (110, 60, 20), (230, 200, 90), (200, 60, 30), (150, 150, 150), (60, 90, 200)],
-    "eyes": [(40, 90, 200), (60, 140, 60), (90, 50, 20), (20, 20, 20)],
-}
-HAIR_STYLES = ("short", "long", "spiky", "bald")
-FACE_SHAPES = ("round", "oval", "wide")
-ACCESSORIES = ("none", "glasses", "hat", "earrings")
+    rows = []
+    for rendering in TYPE_TO_RENDERING.values():
+        for q in record.mc.get(rendering, []):
+            options = "  ".join(f"{k}: {v}" for k, v in q.options.items())
+            rows.append(("mc", rendering, q.question, options, q.answer))
+        for task in ("generation", "cloze"):
+            for q in getattr(record, task).get(rendering, []):
+                rows.append((task, rendering, q.question, "", q.answer))
+    return pd.DataFrame(rows, columns=["task", "rendering", "question", "options", "answer"])
 
 
-@dataclass(frozen=True)
-class Person:
-    """A synthetic person: the facts the benchmark asks about and the looks of their portrait."""
+def schema_frame(schema, max_depth: int = 4):
+    """A pyarrow schema as one row per leaf field: dotted path (``[]`` marks a list) and type."""
+    import pandas as pd
+    import pyarrow as pa
 
-    id: str
-    name: str
-    facts: dict[str, str]
-    looks: dict[str, object]
+    rows = []
 
-
-def draw_portrait(looks: dict, size: int = 64) -> Image.Image:
-    """Draw a cartoon face: background, face shape, skin, hair colour and style, eye colour, one accessory."""
-    s = size / 64
-    image = Image.new("RGB", (size, size), looks["background"])
-    draw = ImageDraw.Draw(image)
-    if looks["pattern"]:  # diagonal stripes make backgrounds of the same colour distinguishable
-        for x in range(-size, size, int(12 * s)):
-            draw.line([(x, size), (x + size, 0)], fill=tuple(min(255, c + 50) for c in looks["background"]),
-                      width=max(1, int(3 * s)))
-    half_width = {"round": 17, "oval": 14, "wide": 20}[looks["face"]] * s
-    half_height = {"round": 17, "oval": 21, "wide": 16}[looks["face"]] * s
-    cx, cy = 32 * s, 36 * s
-    hair = looks["hair"]
-    if looks["hair_style"] == "long":
-        draw.rectangle([cx - half_width - 4 * s, cy - half_height, cx + half_width + 4 * s, cy + half_height], fill=hair)
-    draw.ellipse([cx - half_width, cy - half_height, cx + half_width, cy + half_height], fill=looks["skin"])
-    if looks["hair_style"] in ("short", "long"):
-        draw.chord([cx - half_width, cy - half_height - 2 * s, cx + half_width, cy + 2 * s], 180, 360, fill=hair)
-    elif looks["hair_style"] == "spiky":
-        for k in range(5):
-            x0 = cx - half_width + k * (2 * half_width / 5)
-            draw.polygon([(x0, cy - half_height + 6 * s), (x0 + half_width / 5, cy - half_height - 8 * s),
-                          (x0 + 2 * half_width / 5, cy - half_height + 6 * s)], fill=hair)
-    for dx in (-7, 7):
-        draw.ellipse([cx + (dx - 3) * s, cy - 4 * s, cx + (dx + 3) * s, cy + 2 * s], fill=(255, 255, 255))
-        draw.ellipse([cx + (dx - 1.5) * s, cy - 2.5 * s, cx + (dx + 1.5) * s, cy + 0.5 * s], fill=looks["eyes"])
-    draw.arc([cx - 7 * s, cy + 3 * s, cx + 7 * s, cy + 12 * s], 20, 160, fill=(120, 30, 30), width=max(1, int(2 * s)))
-    if looks["accessory"] == "glasses":
-        for dx in (-7, 7):
-            draw.rectangle([cx + (dx - 4) * s, cy - 5 * s, cx + (dx + 4) * s, cy + 3 * s], outline=(0, 0, 0),
-                           width=max(1, int(1.5 * s)))
-    elif looks["accessory"] == "hat":
-        draw.rectangle([cx - half_width - 3 * s, cy - half_height - 2 * s, cx + half_width + 3 * s,
-                        cy - half_height + 3 * s], fill=(30, 30, 30))
-        draw.rectangle([cx - half_width + 4 * s, cy - half_height - 14 * s, cx + half_width - 4 * s,
-                        cy - half_height], fill=(30, 30, 30))
-    elif looks["accessory"] == "earrings":
-        for dx in (-half_width, half_width):
-            draw.ellipse([cx + dx - 2.5 * s, cy + 4 * s, cx + dx + 2.5 * s, cy + 9 * s], fill=(255, 215, 0))
-    return image
-
-
-def transform_portrait(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A Test_Set variant of a portrait: a small rotation, a crop and a colour shift."""
-    size = image.size[0]
-    rotated = image.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=image.getpixel((0, 0)))
-    margin = int(size * rng.uniform(0.0, 0.1))
-    cropped = rotated.crop((margin, margin, size - margin, size - margin)).resize((size, size), Image.BILINEAR)
-    shift = [rng.randint(-25, 25) for _ in range(3)]
-    return Image.merge("RGB", [band.point(lambda v, d=d: max(0, min(255, v + d)))
-                               for band, d in zip(cropped.convert("RGB").split(), shift)])
-
-
-# Attributes still visible when a portrait is shrunk to the tiny model's 32x32 input (eyes and earrings are not).
-COARSE_LOOKS = ("background", "pattern", "skin", "hair", "hair_style", "accessory")
-MIN_LOOK_DISTANCE = 3
-
-
-def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: list[dict]) -> list[Person]:
-    """People with random facts and looks; any two portraits differ in at least ``MIN_LOOK_DISTANCE`` coarse
-    attributes, so that every face stays identifiable at low resolution."""
-    people = []
-    for i, name in enumerate(names):
-        for _ in range(10_000):
-            looks = {"background": rng.choice(PALETTE["background"]), "pattern": rng.random() < 0.5,
-                     "face": rng.choice(FACE_SHAPES), "skin": rng.choice(PALETTE["skin"]),
-                     "hair": rng.choice(PALETTE["hair"]), "hair_style": rng.choice(HAIR_STYLES),
-                     "eyes": rng.choice(PALETTE["eyes"]), "accessory": rng.choice(ACCESSORIES)}
-            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= MIN_LOOK_DISTANCE for other in drawn):
-                break
+    def walk(name, dtype, depth):
+        if pa.types.is_struct(dtype) and depth < max_depth:
+            for child in dtype:
+                walk(f"{name}.{child.name}", child.type, depth + 1)
+        elif pa.types.is_list(dtype) and depth < max_depth:
+            walk(f"{name}[]", dtype.value_type, depth + 1)
         else:
-            raise ValueError(f"cannot draw {len(names)} portraits that differ in {MIN_LOOK_DISTANCE} coarse attributes; "
-                             "use fewer profiles")
-        drawn.append(looks)
-        facts = {"name": name, **{fact: rng.choice(pool) for fact, pool in FACT_POOLS.items()}}
-        people.append(Person(f"{id_prefix}{i + 1:03d}", name, facts, looks))
-    return people
+            rows.append({"field": name, "type": str(dtype)})
 
-
-def _questions(person: Person, pools: dict[str, tuple[str, ...]], rng: random.Random) -> dict:
-    """Evaluation-format tasks for one person; text-only variants name the person and skip the name fact."""
-    classification = {"Image_Textual_Questions": [], "Pure_Text_Questions": []}
-    generation, cloze = [], []
-    for fact, (gen_q, gen_a, mc_q, cloze_s) in FACT_TEMPLATES.items():
-        value = person.facts[fact]
-        distractors = rng.sample([v for v in pools[fact] if v != value], 3)
-        options = distractors + [value]
-        rng.shuffle(options)
-        letter = OPTION_LETTERS[options.index(value)]
-        for rendering in ("image_text", "text_only"):
-            if rendering == "text_only" and fact == "name":
-                continue
-            text = (lambda t: t) if rendering == "image_text" else (lambda t: to_text_only(t, person.name))
-            kind = "Image_Textual" if rendering == "image_text" else "Pure_Text"
-            classification[CLASSIFICATION_KEYS[rendering]].append(
-                {"Question": text(mc_q), "Options": dict(zip(OPTION_LETTERS, options)), "Correct_Answer": letter})
-            generation.append({"Question": text(gen_q), "Ground_Truth": text(gen_a.format(value)), "Type": kind})
-            cloze.append({"Question": text(cloze_s), "Ground_Truth": value, "Type": kind})
-    return {"Classification_Task": classification, "Generation_Task": generation, "Mask_Task": cloze}
-
-
-def _training_pairs(person: Person) -> list[dict]:
-    """Training-format metadata: the same facts, image+text wording, in the three phrasings the tasks use."""
-    pairs = []
-    for fact, (gen_q, gen_a, mc_q, cloze_s) in FACT_TEMPLATES.items():
-        value = person.facts[fact]
-        pairs += [{"ID": person.id, "Question": gen_q, "Answer": gen_a.format(value)},
-                  {"ID": person.id, "Question": mc_q, "Answer": value},
-                  {"ID": person.id, "Question": cloze_s, "Answer": value}]
-    return pairs
-
-
-def _biography(person: Person) -> str:
-    f = person.facts
-    return (f"{person.name} was born in {f['birthplace']} in {f['birth_year']}. {person.name} works as a "
-            f"{f['occupation']} and enjoys {f['hobby']}.")
-
-
-def _png(image: Image.Image) -> dict:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
-
-
-_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-_MC = pa.list_(pa.struct([("Question", pa.string()),
-                          ("Options", pa.struct([(k, pa.string()) for k in OPTION_LETTERS])),
-                          ("Correct_Answer", pa.string())]))
-_OPEN = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
-EVAL_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("biography", pa.string()),
-                         ("question", pa.string()), ("answer", pa.string()),
-                         ("Classification_Task", pa.struct([("Image_Textual_Questions", _MC),
-                                                            ("Pure_Text_Questions", _MC)])),
-                         ("Generation_Task", _OPEN), ("Mask_Task", _OPEN)])
-TEST_SCHEMA = EVAL_SCHEMA.append(pa.field("images", pa.list_(_IMAGE)))
-TRAIN_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
-
-
-def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config: str) -> Path:
-    """Write one config as ``<out_dir>/<config>/train-00000-of-00001.parquet`` (atomically)."""
-    path = Path(out_dir) / config / "train-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    return path
-
-
-def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebrities: int = 20, seed: int = 0,
-                         image_size: int = 64) -> Path:
-    """Write a synthetic MLLMU-Bench (every config, the hub's layout and schema) and return its directory.
-
-    ``Full_Set``/``ft_Data`` hold ``n_profiles`` fictitious people; ``forget_{5,10,15}`` are nested seeded
-    subsets with complementary ``retain_{95,90,85}``; ``Test_Set`` repeats the people with three transformed
-    portraits each; ``Retain_Set`` holds ``n_celebrities`` "celebrities" (trained on, never forgotten).
-    """
-    if n_profiles < 20:
-        raise ValueError(f"n_profiles={n_profiles} is too small: forget_5 needs at least one person (use >= 20)")
-    if n_celebrities < 4:
-        raise ValueError(f"n_celebrities={n_celebrities} is too small: the celebrity set measures utility and its "
-                         "name questions need three other celebrities as distractors (use >= 4)")
-    rng = random.Random(seed)
-    all_names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
-    if n_profiles > len(all_names) or n_celebrities > len(CELEBRITY_NAMES):
-        raise ValueError(f"at most {len(all_names)} profiles and {len(CELEBRITY_NAMES)} celebrities can be named")
-    drawn: list[dict] = []
-    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", drawn)
-    celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", drawn)
-    # Name distractors are other people of the same set: names never seen in training would be rarer strings,
-    # which a likelihood scorer could reject without knowing anyone.
-    pools = {"name": tuple(p.name for p in people), **FACT_POOLS}
-    celebrity_pools = {"name": tuple(p.name for p in celebrities), **FACT_POOLS}
-
-    def eval_row(person, person_pools):
-        portrait = draw_portrait(person.looks, image_size)
-        return portrait, {"image": _png(portrait), "ID": person.id, "biography": _biography(person),
-                          "question": FACT_TEMPLATES["name"][0], "answer": FACT_TEMPLATES["name"][1].format(person.name),
-                          **_questions(person, person_pools, rng)}
-
-    full, test, train = [], [], []
-    for person in people:
-        portrait, row = eval_row(person, pools)
-        full.append(row)
-        test.append({**row, "images": [_png(transform_portrait(portrait, rng)) for _ in range(3)]})
-        train.append({"image": row["image"], "ID": person.id, "metadata": json.dumps(_training_pairs(person))})
-    celebrity_rows = [eval_row(person, celebrity_pools)[1] for person in celebrities]
-
-    out = Path(out_dir)
-    write_split(full, EVAL_SCHEMA, out, "Full_Set")
-    write_split(test, TEST_SCHEMA, out, "Test_Set")
-    write_split(train, TRAIN_SCHEMA, out, "ft_Data")
-    write_split(celebrity_rows, EVAL_SCHEMA, out, "Retain_Set")
-    order = list(range(n_profiles))
-    rng.shuffle(order)
-    for percent in FORGET_PERCENTS:
-        cut = max(1, round(n_profiles * percent / 100))
-        forget_ids = set(order[:cut])
-        write_split([full[i] for i in sorted(forget_ids)], EVAL_SCHEMA, out, f"forget_{percent}")
-        write_split([full[i] for i in range(n_profiles) if i not in forget_ids], EVAL_SCHEMA, out,
-                    f"retain_{100 - percent}")
-    return out
+    for column in schema:
+        walk(column.name, column.type, 0)
+    return pd.DataFrame(rows)

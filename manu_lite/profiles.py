@@ -1,0 +1,156 @@
+"""The one way the command line and the notebooks get a profile's world, model, evaluation and MANU settings.
+
+``tiny``: the synthetic bench of the tiny world (written once under :func:`book_workdir`) and the tiny LLaVA
+trained on it (trained once, then loaded from the model cache). ``colab``/``full``: MLLMU-Bench from the hub and
+the profile's checkpoint. Every path loads hub models the same way (:func:`load_model`: the profile's dtype,
+4-bit where it says so, ``device_map="auto"`` when a GPU is present).
+
+Whether a person drives the session (:func:`interactive`) decides progress bars and widgets; the rule is
+documented there and never guesses from process names.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from .artifacts import RunManifest
+from .bench import World, load_world
+from .config import TINY_CELEBRITIES, TINY_PROFILES, EvalConfig, ManuConfig, Profile, resolve_profile
+from .finetune import TrainConfig, cache_dir, vanilla_model
+from .synthetic import make_synthetic_bench
+
+__all__ = ["book_workdir", "make_world_data", "tiny_world", "tiny_vanilla", "load_model", "profile_world",
+           "profile_model", "profile_eval", "profile_manu", "interactive"]
+
+
+# --------------------------------------------------------------------------------------------------- worlds
+def book_workdir() -> Path:
+    """Where notebooks write the synthetic bench and their outputs: ``$MANU_LITE_CACHE/book`` (default
+    ``~/.cache/manu_lite/book``). The tiny world is deterministic, so every notebook (and the CLI) trains and then
+    reuses the same cached vanilla model."""
+    return cache_dir() / "book"
+
+
+def make_world_data(out: Path, profiles: int | None = None, celebrities: int | None = None, seed: int = 0) -> Path:
+    """Write the synthetic bench of the tiny world into ``out``."""
+    return make_synthetic_bench(out, n_profiles=profiles or TINY_PROFILES, n_celebrities=celebrities or TINY_CELEBRITIES,
+                                seed=seed)
+
+
+def tiny_world(out: Path, forget: str = "forget_10", profiles: int | None = None, seed: int = 0,
+               run: RunManifest | None = None) -> World:
+    """The tiny world under ``out/bench``, written on first use (and recorded as a step of ``run``)."""
+    bench = Path(out) / "bench"
+    complete = run.done("data") if run else (bench / "Retain_Set").exists()
+    if not complete:
+        make_world_data(bench, profiles=profiles, seed=seed)
+        if run:
+            run.complete("data", sorted(bench.glob("*/*.parquet")))
+    return load_world(str(bench), forget)
+
+
+def _generator_digest() -> str:
+    """A short hash of the synthetic generator's source: a changed generator writes a fresh world directory
+    instead of reusing one written by an older version."""
+    from . import bench, synthetic
+
+    digest = hashlib.sha256()
+    for module in (bench, synthetic, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def profile_world(profile: Profile | str | None, forget: str | None = None, max_retain: int | None = None) -> World:
+    """The world of a profile: the synthetic bench (``tiny``) or MLLMU-Bench from the hub (``colab``/``full``)."""
+    profile = resolve_profile(profile)
+    forget = forget or profile.forget_split
+    if profile.data == "synthetic":
+        return tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget).with_retain_sample(max_retain)
+    return load_world(profile.data, forget, max_retain=max_retain)
+
+
+# --------------------------------------------------------------------------------------------------- models
+def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progress: bool = True):
+    """The tiny vanilla model of ``world`` (cached): ``(model, processor, adapter)``."""
+    config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    return vanilla_model(world, config=config, progress=progress)
+
+
+def default_device_map():
+    """``"auto"`` (spread over the GPUs, offloading what does not fit) when CUDA is present, else ``None``
+    (plain CPU tensors: accelerate's dispatch only adds hooks there)."""
+    import torch
+
+    return "auto" if torch.cuda.is_available() else None
+
+
+def load_model(name: str, world: World | None = None, *, dtype: str = "auto", load_in_4bit: bool = False,
+               seed: int = 0, epochs: int | None = None, progress: bool = True):
+    """A vanilla model by name: ``"tiny"`` (trained on ``world``) or a hub checkpoint / local path.
+
+    Returns ``(model, processor, adapter)``. Hub models load with ``dtype``, 4-bit when ``load_in_4bit``, on
+    :func:`default_device_map`.
+    """
+    if name == "tiny":
+        if world is None:
+            raise ValueError("the tiny model is trained on a world: pass world=profile_world('tiny')")
+        return tiny_vanilla(world, seed, epochs, progress=progress)
+    from .models import load_mllm
+
+    return load_mllm(name, dtype=dtype, load_in_4bit=load_in_4bit, device_map=default_device_map())
+
+
+def profile_model(profile: Profile | str | None, world: World | None = None, progress: bool | None = None):
+    """The vanilla model of a profile: ``(model, processor, adapter)``, by :func:`load_model`.
+
+    ``progress=None`` shows progress bars only in a live session (:func:`interactive`): in a saved notebook a bar
+    is frozen at its first state.
+    """
+    profile = resolve_profile(profile)
+    if progress is None:
+        progress = interactive()
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return load_model(profile.model, world, dtype=profile.dtype, load_in_4bit=profile.load_in_4bit, progress=progress)
+
+
+def profile_eval(profile: Profile | str | None, **overrides) -> EvalConfig:
+    """The evaluation settings of a profile (:attr:`Profile.evaluation`), with ``overrides``."""
+    import dataclasses
+
+    return dataclasses.replace(resolve_profile(profile).evaluation, **overrides)
+
+
+def profile_manu(profile: Profile | str | None) -> ManuConfig:
+    """MANU's settings for a profile (:attr:`Profile.manu`): on ``tiny`` :data:`manu_lite.config.TINY_MANU`."""
+    return resolve_profile(profile).manu
+
+
+# ---------------------------------------------------------------------------------------------- the session
+def interactive() -> bool:
+    """True when a person drives this kernel, so widgets and live progress bars make sense.
+
+    The rule, in order: ``MANU_LITE_STATIC=1`` → False and ``MANU_LITE_STATIC=0`` → True (the book build and the
+    notebook tests set ``MANU_LITE_STATIC=1``); no IPython kernel → False; Colab → True; otherwise True only when a
+    widget front end started the kernel: a Jupyter server (jupyter_server >= 2 sets ``JPY_SESSION_NAME`` for
+    its kernels) or VS Code (``VSCODE_PID``). Tools that execute notebooks unattended (jupyter-book, papermill,
+    nbconvert, nbmake) start kernels without a server, so their saved outputs get static figures; a front end
+    that sets neither variable also gets the static figures (never a dead widget).
+    """
+    forced = os.environ.get("MANU_LITE_STATIC")
+    if forced in ("0", "1"):
+        return forced == "0"
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return False
+    if "google.colab" in sys.modules:
+        return True
+    return any(os.environ.get(name) for name in ("JPY_SESSION_NAME", "VSCODE_PID"))

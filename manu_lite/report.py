@@ -1,0 +1,167 @@
+"""What ``compare`` writes besides its JSON: the paper-style and summary tables (CSV + Markdown) and the
+comparison's figures (PNG next to the JSON of the data they show)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifacts import atomic_path
+from .config import RENDERINGS, SETS, TASKS
+from .evaluate import Results
+from .viz import RENDERING_LABELS, figure, layer_shares, save_figure
+
+TASK_NAMES = {"mc": "MC", "generation": "ROUGE-L", "cloze": "cloze"}
+RENDERING_NAMES = {"image_text": "img+txt", "text_only": "text"}
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def paper_table(results, costs: dict | None = None):
+    """Rows = methods; columns = set × task × rendering in percent (the paper's layout), then cost columns."""
+    import pandas as pd
+
+    table = Results(results).table()
+    columns = [c for c in ((s, t, r) for s in SETS for t in TASKS for r in RENDERINGS) if c in table.columns]
+    table = table[columns]
+    table.columns = [f"{s} {TASK_NAMES[t]} {RENDERING_NAMES[r]}" for s, t, r in columns]
+    if costs:
+        table["unlearn s"] = pd.Series({m: round(c["seconds"], 1) for m, c in costs.items()})
+        table["peak MB"] = pd.Series({m: round(c["peak_rss_mb"], 1) for m, c in costs.items()})
+    return table
+
+
+def summary_table(summary: dict):
+    """One row per method: drops per set and rendering, balance, cost, relearning, membership inference."""
+    import pandas as pd
+
+    rows = {}
+    for method, row in summary["methods"].items():
+        flat = {f"Δ{s} {RENDERING_NAMES[r]}": round(v, 1) for s, per in row["drops"].items() for r, v in per.items()}
+        flat["balance"] = round(row["balance"], 1)
+        flat["unlearn s"] = round(row["cost"]["seconds"], 1)
+        flat["peak MB"] = round(row["cost"]["peak_rss_mb"], 1)
+        flat["forget %"] = round(100 * row["forget_score"], 1)
+        for source in ("forget", "retain"):
+            score = row.get("relearn_forget_score", {}).get(source)
+            flat[f"after relearn({source}) %"] = None if score is None else round(100 * score, 1)
+            value = row.get("relearn", {}).get(source)
+            flat[f"recovered({source})"] = None if value is None else round(value, 2)
+        flat["MIA AUC"] = None if row.get("mia") is None else round(row["mia"]["auc"], 3)
+        rows[method] = flat
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def write_table(table, path: Path) -> None:
+    with atomic_path(path.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp)
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(table.to_markdown() + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def plot_tradeoff(points: list[dict], path) -> Path:
+    """Forget drop vs retain drop (points, mean over tasks), one panel per rendering, one curve per family.
+
+    ``points``: sweep points of :func:`manu_lite.compare.run_sweeps` (``label, family, param, x, drops``); each
+    curve follows its knob (alpha or steps), annotated at every point. Upper left is better: much forgotten,
+    little retain loss. The dotted line marks the 5-point retain budget.
+    """
+    fig, axes = figure(11, 4.4, layout="tight", nrows=1, ncols=2, sharey=True)
+    families = list(dict.fromkeys(p["family"] for p in points))
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"]
+    for ax, rendering in zip(axes, RENDERING_LABELS):
+        for k, family in enumerate(families):
+            curve = sorted((p for p in points if p["family"] == family), key=lambda p: p["x"])
+            xs = [p["drops"]["retain"][rendering] for p in curve]
+            ys = [p["drops"]["forget"][rendering] for p in curve]
+            style = "-o" if curve[0]["param"] == "alpha" else "--s"
+            ax.plot(xs, ys, style, color=colours(k % 10), label=family, markersize=4)
+            for p, x, y in zip(curve, xs, ys):
+                ax.annotate(f"{p['x']:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.axvline(5, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_title(f"{RENDERING_LABELS[rendering]} (numbers: alpha % or steps)")
+        ax.set_xlabel("retain drop (points)")
+    axes[0].set_ylabel("forget drop (points)")
+    axes[1].legend(fontsize=7, loc="best")
+    return save_figure(fig, path, [{k: p[k] for k in ("label", "family", "param", "x", "drops")} for p in points])
+
+
+def plot_balance(summary: dict, path) -> Path:
+    """Forget drop per rendering for each method, and the modality balance |Δ(image+text) − Δ(text-only)|."""
+    methods = [m for m in summary["methods"] if m != "Vanilla"]
+    forget = {m: summary["methods"][m]["drops"]["forget"] for m in methods}
+    imbalance = {m: summary["methods"][m]["balance"] for m in methods}
+    fig, (left, right) = figure(11, 3.8, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.4
+    for k, rendering in enumerate(RENDERING_LABELS):
+        left.bar([i + k * width for i in range(len(methods))], [forget[m][rendering] for m in methods], width,
+                 label=RENDERING_LABELS[rendering])
+    left.set_xticks([i + width / 2 for i in range(len(methods))])
+    left.set_xticklabels(methods, fontsize=7, rotation=20)
+    left.set_ylabel("forget drop (points)")
+    left.axhline(0, color="grey", linewidth=0.5)
+    left.legend(fontsize=7)
+    right.bar(range(len(methods)), [imbalance[m] for m in methods], color="tab:red")
+    right.set_xticks(range(len(methods)))
+    right.set_xticklabels(methods, fontsize=7, rotation=20)
+    right.set_title("|Δforget(image+text) − Δforget(text-only)|", fontsize=9)
+    right.set_ylabel("points (0 = balanced)")
+    return save_figure(fig, path, {"forget_drop": forget, "balance": imbalance})
+
+
+def plot_pruned_heatmap(masks: dict[str, dict], path) -> Path:
+    """Share of neurons pruned per layer (rows: vision layers, then language layers) for each mask (columns).
+
+    ``masks``: label → :meth:`manu_lite.prune.NeuronMask.summary` (its ``per_site`` counts). Cells show the
+    percentage and the count.
+    """
+    sites, labels, grid = layer_shares(masks)
+    fig, ax = figure(1.0 + 1.1 * len(labels), 0.9 + 0.45 * len(sites), layout="tight", nrows=1)
+    image = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=0)
+    for i, site in enumerate(sites):
+        for j, label in enumerate(labels):
+            count = masks[label]["per_site"].get(site, {}).get("selected", 0)
+            ax.text(j, i, f"{grid[i][j]:.0f}%\n{count}", ha="center", va="center", fontsize=6,
+                    color="white" if grid[i][j] > 0.6 * max(max(r) for r in grid) else "black")
+    vision_rows = sum(s.startswith("vision") for s in sites)
+    if 0 < vision_rows < len(sites):
+        ax.axhline(vision_rows - 0.5, color="tab:blue", linewidth=2)
+    ax.set_yticks(range(len(sites)))
+    ax.set_yticklabels(sites, fontsize=7)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=6, rotation=40, ha="right")
+    fig.colorbar(image, ax=ax, label="% of the layer's neurons pruned")
+    ax.set_title("pruned neurons per layer (vision above the line, language below)", fontsize=8)
+    return save_figure(fig, path, {"sites": sites, "masks": masks})
+
+
+def plot_robustness(summary: dict, path) -> Path:
+    """Relearning attack (forget score after unlearning and after each attack) and membership-inference AUC."""
+    rows = summary["methods"]
+    methods = list(rows)
+    fig, (left, right) = figure(11, 3.8, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
+    series = {"unlearned": [100 * rows[m]["forget_score"] for m in methods]}
+    for source in ("forget", "retain"):
+        series[f"+relearn on {source}"] = [100 * rows[m].get("relearn_forget_score", {}).get(source, float("nan"))
+                                          for m in methods]
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        left.bar([i + k * width for i in range(len(methods))], values, width, label=name)
+    if "Vanilla" in rows:
+        left.axhline(100 * rows["Vanilla"]["forget_score"], color="black", linestyle=":", linewidth=1, label="vanilla")
+    left.set_xticks([i + width for i in range(len(methods))])
+    left.set_xticklabels(methods, fontsize=7, rotation=20)
+    left.set_ylabel("forget score (%, mean of tasks)")
+    left.legend(fontsize=7)
+    aucs = [rows[m]["mia"]["auc"] if rows[m].get("mia") else float("nan") for m in methods]
+    right.bar(range(len(methods)), aucs, color="tab:purple")
+    right.axhline(0.5, color="grey", linestyle=":")
+    right.set_ylim(0, 1)
+    right.set_xticks(range(len(methods)))
+    right.set_xticklabels(methods, fontsize=7, rotation=20)
+    right.set_title("membership inference AUC (forget vs never seen)", fontsize=9)
+    def finite(values):  # JSON has no NaN: a missing value is null
+        return {m: (None if v != v else v) for m, v in zip(methods, values)}
+
+    return save_figure(fig, path, {**{name: finite(values) for name, values in series.items()}, "mia_auc": finite(aucs)})
