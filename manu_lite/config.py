@@ -167,7 +167,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "colab": Profile(
         name="colab", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=4, dtype="float16",
-        load_in_4bit=True, evaluation=EvalConfig(batch_size=4), note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
+        load_in_4bit=True, evaluation=EvalConfig(batch_size=4),
+        # 4-bit weights cannot be zeroed in place: prune by masking activations.
+        manu=ManuConfig(prune_mode="activation"), note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
     ),
     "full": Profile(
         name="full", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=16, dtype="bfloat16",

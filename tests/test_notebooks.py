@@ -50,6 +50,8 @@ def test_notebook_conventions(path):
     setup = code[0].source
     assert f'REPO = "{REPO}"' in setup and f'TAG = "v{manu_lite.__version__}"' in setup
     assert 'find_spec("manu_lite") is None' in setup and "pip" in setup
+    # Colab: the gpu extra when CUDA is present, a dry run that refuses to replace torch, failures explained.
+    assert "[gpu]" in setup and "cuda.is_available()" in setup and "--dry-run" in setup and "RuntimeError" in setup
     assert code[1].metadata.get("tags") == ["parameters"] and "PROFILE = None" in code[1].source.splitlines()
     assert "resolve_profile(PROFILE)" in code[2].source
     assert nb.cells[-1].cell_type == "markdown" and "## Summary" in nb.cells[-1].source
