@@ -9,15 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 RENDERINGS = ("image_text", "text_only")
 TOWERS = ("language", "vision")
-FORMULATIONS = ("paper", "reference")
+FORMULATIONS = ("paper", "reference", "balanced")
+PAPER_REDUCTIONS = ("sum", "mean")
+PAPER_VISION = ("as_written", "exclude")
 POSITIONS = ("recall", "all")
 SCOPES = ("global", "tower", "layer")
 PRUNE_MODES = ("neuron", "output_rows", "activation")
-SELECTIONS = ("union", "combined")
 SETS = ("forget", "test", "retain", "celebrity")
 TASKS = ("mc", "generation", "cloze")
 
@@ -31,21 +32,43 @@ def _check_choice(name: str, value, choices) -> None:
 class ManuConfig:
     """Every open choice of MANU, with the defaults this book argues for.
 
-    formulation: ``"paper"`` (the equations as written) or ``"reference"`` (as the released code behaves).
+    formulation: which method, each name meaning exactly one computation (:mod:`manu_lite.importance`):
+                 ``"paper"`` — the paper's equations as written: S_n = I(D_f, n) / (I(D_r, n) + ε) with
+                 I = I_abs + I_freq + I_var + I_rms contrasting the image+text and text-only renderings, one
+                 top-alpha threshold over ``scope`` (default global);
+                 ``"reference"`` — the released code's selection: per dataset mean|a|, freq(|a| > tau), unbiased
+                 std, rms; score Σ w_k (F_k / (R_k + ε) − 1) (weights 2, 0, 2, 2), vision neurons on image+text,
+                 language neurons on text-only, one threshold per tower, k = int(alpha/100 · n), mask =
+                 score >= k-th largest (ties all kept);
+                 ``"balanced"`` — this book's modality-balanced variant (neither of the above): per rendering the
+                 ratio Σ w_k M_k(forget) / (Σ w_k M_k(retain) + ε) of plain magnitudes, the two rankings
+                 interleaved so each rendering contributes about alpha/2 %.
+    paper_reduction: how the paper's N and Z² reduce over tokens (``formulation="paper"`` only): ``"sum"``
+                 (default, as written: N a count, Z² a sum) or ``"mean"`` (per-token: divide by each
+                 rendering's token count, so the renderings' different lengths do not enter the contrast).
+    paper_vision: the paper's equations on vision neurons (``formulation="paper"`` only). Text-only inputs never
+                 reach the vision tower, so its text-only statistics are empty and the equations give
+                 I_abs = I_freq = I_rms = 1 and I_var = σ_multi: S_n = (3 + σ_f) / (3 + σ_r + ε), a variance
+                 ratio close to 1 for every vision neuron. ``"as_written"`` (default) keeps that;
+                 ``"exclude"`` drops vision neurons from the candidates (and from alpha's N).
+    emulate_released_defects: ``formulation="reference"`` only: also reproduce the released code's
+                 selection-changing defects — statistics pooled over all layers of a tower under shared names
+                 (per sub-site width), only the last three layers of each tower pruned, with identical indices.
+                 Pair with ``prune_mode="output_rows"`` to zero output rows as the code does
+                 (:func:`manu_lite.importance.released_code_mask`).
     positions:   which token positions feed the language-model statistics: ``"recall"`` (positions that predict
                  answer tokens) or ``"all"`` (every non-padding position). Vision statistics use all patches.
     tau:         activation threshold of the frequency statistic (the released code uses 0.1).
     epsilon:     stabiliser in every ratio.
     alpha:       percentage of candidate neurons to prune, in (0, 100].
-    scope:       where the top-alpha threshold is taken: ``"global"``, per ``"tower"`` or per ``"layer"``.
+    scope:       where the top-alpha threshold is taken: ``"global"``, per ``"tower"`` or per ``"layer"``;
+                 ``None`` (default) = the formulation's own (paper, balanced: global; reference: tower).
     towers:      which towers are scored and pruned.
     prune_mode:  ``"neuron"`` (remove neurons: zero down_proj/fc2 columns and gate/up/fc1 rows),
                  ``"output_rows"`` (the released code: zero output rows, i.e. residual channels), or
                  ``"activation"`` (a hook that masks neuron activations; weights untouched, works on 4-bit).
-    selection:   ``"union"`` (top-alpha/2 per rendering, united: modality-balanced) or ``"combined"``
-                 (top-alpha of one score combining both renderings, as the paper's I(D, n) does).
     weights:     per-statistic weights (abs, freq, var, rms); ``None`` means the formulation's default
-                 (paper: 1, 1, 1, 1; reference: 2, 0, 2, 2).
+                 (paper, balanced: 1, 1, 1, 1; reference: 2, 0, 2, 2).
     """
 
     formulation: str = "paper"
@@ -53,21 +76,27 @@ class ManuConfig:
     tau: float = 0.1
     epsilon: float = 1e-5
     alpha: float = 10.0
-    scope: str = "global"
+    scope: str | None = None
     towers: tuple[str, ...] = TOWERS
     prune_mode: str = "neuron"
-    selection: str = "union"
     weights: dict[str, float] | None = None
     seed: int = 0
     max_batches: int | None = None
-    extra: dict = field(default_factory=dict)
+    paper_reduction: str = "sum"
+    paper_vision: str = "as_written"
+    emulate_released_defects: bool = False
 
     def __post_init__(self):
         _check_choice("formulation", self.formulation, FORMULATIONS)
         _check_choice("positions", self.positions, POSITIONS)
-        _check_choice("scope", self.scope, SCOPES)
+        if self.scope is not None:
+            _check_choice("scope", self.scope, SCOPES)
         _check_choice("prune_mode", self.prune_mode, PRUNE_MODES)
-        _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("paper_reduction", self.paper_reduction, PAPER_REDUCTIONS)
+        _check_choice("paper_vision", self.paper_vision, PAPER_VISION)
+        if self.emulate_released_defects and self.formulation != "reference":
+            raise ValueError("emulate_released_defects=True emulates the released code, i.e. formulation='reference'; "
+                             f"got formulation={self.formulation!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0 < self.alpha <= 100):
             raise ValueError(f"alpha={self.alpha!r} is out of range: it is a percentage of neurons, 0 < alpha <= 100 "
                              "(e.g. alpha=10 prunes 10 %)")
@@ -85,6 +114,13 @@ class ManuConfig:
                 raise ValueError(f"unknown weight(s) {sorted(unknown)}; weights take keys abs, freq, var, rms")
 
     @property
+    def selection_scope(self) -> str:
+        """``scope``, or the formulation's own when it is ``None`` (reference: one threshold per tower)."""
+        if self.scope is not None:
+            return self.scope
+        return "tower" if self.formulation == "reference" else "global"
+
+    @property
     def statistic_weights(self) -> dict[str, float]:
         if self.weights is not None:
             return {k: float(self.weights.get(k, 0.0)) for k in ("abs", "freq", "var", "rms")}
@@ -98,6 +134,13 @@ class ManuConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ManuConfig":
         data = dict(data)
+        # Configurations saved before the three named methods: selection="union" was the balanced variant.
+        legacy_selection = data.pop("selection", None)
+        legacy_extra = data.pop("extra", None) or {}
+        if legacy_selection == "union":
+            data["formulation"] = "balanced"
+        if "reduction" in legacy_extra and data.get("formulation") == "paper":
+            data["paper_reduction"] = legacy_extra["reduction"]
         if "towers" in data:
             data["towers"] = tuple(data["towers"])
         return cls(**data)
@@ -155,10 +198,12 @@ TINY_PROFILES = 50
 TINY_CELEBRITIES = 10
 # The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
 TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
-# MANU as the demo runs it: recall positions, modality-balanced union of per-rendering rankings, language MLPs only,
-# alpha 30 (benchmarks/manu_demo_seeds.py, seeds 0-2: forget ROUGE-L -10.6 image+text / -10.1 text-only, retain and
-# celebrity within 5 points; vision neurons cost celebrity image+text accuracy without adding forget selectivity).
-TINY_MANU = ManuConfig(alpha=30.0, towers=("language",))
+# MANU as the demo runs it: the book's modality-balanced method ("balanced", neither the paper's equations nor the
+# released code), recall positions, language MLPs only, alpha 30 (benchmarks/manu_demo_seeds.py, seeds 0-2: forget
+# ROUGE-L -10.6 image+text / -10.1 text-only, retain and celebrity within 5 points; vision neurons cost celebrity
+# image+text accuracy without adding forget selectivity). benchmarks/method_table.py compares it with "paper" and
+# "reference" over three seeds.
+TINY_MANU = ManuConfig(formulation="balanced", alpha=30.0, towers=("language",))
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(

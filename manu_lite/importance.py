@@ -1,23 +1,24 @@
-"""The two published MANU scoring formulations, scores per neuron, and exact top-alpha selection.
+"""The three named MANU methods, scores per neuron, and their selections (DESIGN.md §2).
 
-The statistics they read are streamed by :mod:`manu_lite.stats`.
+The statistics they read are streamed by :mod:`manu_lite.stats`. Each name means exactly one computation:
 
-Two formulations (DESIGN.md §2):
-
-``"paper"``     the equations as written. For a dataset D, contrast its two renderings ("multi" = image_text,
-                "text" = text_only) per neuron: I_abs, I_freq, I_var, I_rms (:func:`paper_components`),
-                I(D, n) = Σ w_k I_k, and the score S_n = I(D_f, n) / (I(D_r, n) + ε) (:func:`paper_score`).
-``"reference"`` as the authors' released code behaves: per rendering, plain magnitudes (mean|a|, freq(|a| > τ),
-                std, rms) and Σ_k w_k (F_k / (R_k + ε) − 1) (:func:`reference_score`); vision neurons scored on
-                image_text, language neurons on text_only.
-
-Two selections (``ManuConfig.selection``):
-
-``"combined"``  one score per neuron (paper: S_n, which mixes both renderings through its contrast; reference:
-                its native per-tower rendering) and the top alpha % (:func:`select_neurons`).
-``"union"``     the modality-aware selection: one score per rendering (:func:`score_per_rendering`), the two
-                rankings interleaved until alpha % distinct neurons are chosen (:func:`select_union`). When the
-                two top sets do not overlap this is exactly the union of the per-rendering top alpha/2 %.
+``"paper"``     the paper's equations as written. For a dataset D, contrast its two renderings ("multi" =
+                image_text, "text" = text_only) per neuron: I_abs, I_freq, I_var, I_rms (:func:`paper_components`;
+                N a count and Z² a sum unless ``ManuConfig.paper_reduction="mean"``), I(D, n) = Σ w_k I_k with
+                w = 1, 1, 1, 1, the score S_n = I(D_f, n) / (I(D_r, n) + ε) (:func:`paper_score`), and the top
+                alpha % of S_n (exactly round-half-up(alpha·N/100), ties to the lower position) over ``scope``
+                (default global). On vision neurons the text-only statistics are empty (text never reaches the
+                vision tower) and S_n = (3 + σ_f)/(3 + σ_r + ε): see ``ManuConfig.paper_vision``.
+``"reference"`` the authors' released code's selection: per dataset and rendering, plain magnitudes mean|a|,
+                freq(|a| > τ), unbiased std, rms; Σ_k w_k (F_k / (R_k + ε) − 1) with w = 2, 0, 2, 2
+                (:func:`reference_score`); vision neurons scored on image_text, language neurons on text_only; one
+                threshold per tower: k = int(alpha/100 · n), mask = score >= k-th largest (ties all kept, so a
+                tie can select more than k) (:func:`select_threshold`). Per-layer sites, no padding, true neurons.
+                ``emulate_released_defects=True`` adds the code's pooling defects (:func:`select_reference`).
+``"balanced"``  this book's modality-balanced variant, neither of the above: per rendering the ratio of plain
+                magnitudes Σ w_k M_k(forget) / (Σ w_k M_k(retain) + ε) (:func:`balanced_rendering_score`), the two
+                rankings interleaved until alpha % distinct neurons are chosen (:func:`select_union`); when the two
+                top sets do not overlap this is the union of the per-rendering top alpha/2 %.
 """
 from __future__ import annotations
 
@@ -49,25 +50,28 @@ def _weighted(components: Mapping[str, Tensor], weights: Mapping[str, float]) ->
     return sum(weights[k] * components[k] for k in STATISTICS)
 
 
-def magnitudes(stats: NeuronStats) -> dict[str, Tensor]:
+def magnitudes(stats: NeuronStats, unbiased: bool = False) -> dict[str, Tensor]:
     """Per-neuron plain magnitudes of one dataset and rendering: abs = mean|a|, freq = share of tokens with
-    |a| > τ, var = std(a) (population; the released code's "I_var" is a standard deviation), rms = sqrt(mean a²)."""
-    return {"abs": stats.mean_abs, "freq": stats.freq, "var": stats.std, "rms": stats.rms}
+    |a| > τ, var = std(a) (the released code's "I_var" is a standard deviation; ``unbiased=True`` takes it with
+    Bessel's correction, as ``torch.std`` in the code does), rms = sqrt(mean a²)."""
+    return {"abs": stats.mean_abs, "freq": stats.freq, "var": stats.std_unbiased if unbiased else stats.std,
+            "rms": stats.rms}
 
 
 def paper_components(multi: NeuronStats, text: NeuronStats, eps: float = 1e-5,
-                     reduction: str = "mean") -> dict[str, Tensor]:
+                     reduction: str = "sum") -> dict[str, Tensor]:
     """The paper's four per-neuron modality contrasts of one dataset, each ``[width]``:
 
     I_abs  = |Z̄_m − Z̄_t| / (Z̄_m + Z̄_t + ε)        Z̄ = mean |a|
     I_freq = |N_m − N_t| / (N_m + N_t + ε)            N = #{|a| > τ}
-    I_var  = sqrt(Var_m + Var_t)                      (not normalised, as written)
+    I_var  = sqrt(Var_m + Var_t)                      (population variance; not normalised, as written)
     I_rms  = sqrt(|Z²_m − Z²_t| / (Z²_m + Z²_t + ε))   Z² = Σ a²
 
-    ``m`` = image_text ("multi"), ``t`` = text_only. ``reduction`` is the open choice of how N and Z² reduce
-    over tokens: ``"mean"`` (default) divides them by the rendering's token count — the renderings have
-    different numbers of tokens, and totals would measure that rather than the neuron; ``"sum"`` keeps the
-    totals, the most literal reading.
+    ``m`` = image_text ("multi"), ``t`` = text_only. ``reduction="sum"`` (default) is the equations as written:
+    N a count, Z² a sum over the rendering's tokens. ``"mean"`` divides both by the rendering's token count (the
+    renderings have different numbers of tokens, and totals partly measure that).
+    A rendering that saw no token (vision neurons on text_only) has Z̄ = N = Z² = Var = 0, so I_abs, I_freq and
+    I_rms are ≈ 1 (0 where the other rendering is 0 too) and I_var = σ_m.
     """
     if multi.width != text.width:
         raise ValueError(f"multi and text statistics have widths {multi.width} and {text.width}")
@@ -76,7 +80,7 @@ def paper_components(multi: NeuronStats, text: NeuronStats, eps: float = 1e-5,
     elif reduction == "sum":
         n_m, n_t, q_m, q_t = multi.count_above, text.count_above, multi.sum_sq, text.sum_sq
     else:
-        raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'sum'")
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
     z_m, z_t = multi.mean_abs, text.mean_abs
     return {
         "abs": (z_m - z_t).abs() / (z_m + z_t + eps),
@@ -87,41 +91,37 @@ def paper_components(multi: NeuronStats, text: NeuronStats, eps: float = 1e-5,
 
 
 def paper_importance(multi: NeuronStats, text: NeuronStats, eps: float = 1e-5,
-                     weights: Mapping[str, float] | None = None, reduction: str = "mean") -> Tensor:
+                     weights: Mapping[str, float] | None = None, reduction: str = "sum") -> Tensor:
     """I(D, n) = Σ_k w_k I_k(D, n) over :func:`paper_components` (default weights 1, 1, 1, 1); ``[width]``."""
     return _weighted(paper_components(multi, text, eps, reduction), _weights(weights, "paper"))
 
 
 def paper_score(forget_multi: NeuronStats, forget_text: NeuronStats, retain_multi: NeuronStats,
                 retain_text: NeuronStats, eps: float = 1e-5, weights: Mapping[str, float] | None = None,
-                reduction: str = "mean") -> Tensor:
+                reduction: str = "sum") -> Tensor:
     """S_n = I(D_f, n) / (I(D_r, n) + ε), ``[width]``: high when a neuron's modality contrast is forget-specific."""
     i_f = paper_importance(forget_multi, forget_text, eps, weights, reduction)
     return i_f / (paper_importance(retain_multi, retain_text, eps, weights, reduction) + eps)
 
 
-def paper_rendering_score(forget: NeuronStats, retain: NeuronStats, weights: Mapping[str, float] | None = None,
-                          eps: float = 1e-5) -> Tensor:
-    """The paper formulation's score *within one rendering*, used by ``selection="union"``, ``[width]``.
-
-    The paper's I(D, n) contrasts two renderings, so within one rendering there is nothing to contrast; we keep
-    its ratio form S = I(D_f) / (I(D_r) + ε) with I the weighted sum of the magnitude-type statistics
-    (:func:`magnitudes`: mean|a|, freq, std — the per-rendering counterpart of I_var = sqrt(Var_m + Var_t) —,
-    rms): S^r_n = Σ w_k M_k(forget) / (Σ w_k M_k(retain) + ε).
-    """
-    w = _weights(weights, "paper")
+def balanced_rendering_score(forget: NeuronStats, retain: NeuronStats, weights: Mapping[str, float] | None = None,
+                             eps: float = 1e-5) -> Tensor:
+    """The ``"balanced"`` method's score *within one rendering* (this book's variant, not the paper's S_n),
+    ``[width]``: S^r_n = Σ w_k M_k(forget) / (Σ w_k M_k(retain) + ε) over the plain :func:`magnitudes` (mean|a|,
+    freq, population std, rms), default weights 1, 1, 1, 1."""
+    w = _weights(weights, "balanced")
     return _weighted(magnitudes(forget), w) / (_weighted(magnitudes(retain), w) + eps)
 
 
 def reference_score(forget: NeuronStats, retain: NeuronStats, weights: Mapping[str, float] | None = None,
-                    eps: float = 1e-5) -> Tensor:
+                    eps: float = 1e-5, unbiased: bool = True) -> Tensor:
     """The released code's score on one rendering: Σ_k w_k (F_k / (R_k + ε) − 1), ``[width]``.
 
-    F, R = :func:`magnitudes` of forget and retain; default weights abs 2, freq 0, var 2, rms 2. (The released
-    code takes an unbiased std over stored activations; ours is the population std of the streamed totals.)
+    F, R = :func:`magnitudes` of forget and retain (std unbiased, as the code's ``torch.std``); default weights
+    abs 2, freq 0, var 2, rms 2.
     """
     w = _weights(weights, "reference")
-    f, r = magnitudes(forget), magnitudes(retain)
+    f, r = magnitudes(forget, unbiased), magnitudes(retain, unbiased)
     return sum(w[k] * (f[k] / (r[k] + eps) - 1) for k in STATISTICS)
 
 
@@ -153,41 +153,46 @@ def _canonical(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (TOWERS.index(site_tower(n)), site_layer(n), n))
 
 
-def _reduction(config: ManuConfig) -> str:
-    return config.extra.get("reduction", "mean")
+def _paper_candidates(stats: StatsByKey, config: ManuConfig) -> list[str]:
+    names = _candidate_sites(stats, config.towers)
+    if config.paper_vision == "exclude":
+        names = [n for n in names if site_tower(n) != "vision"]
+        if not names:
+            raise ValueError("paper_vision='exclude' leaves no candidate: towers are only vision; score the language "
+                             "tower or use paper_vision='as_written'")
+    return names
 
 
 def score_neurons(stats: StatsByKey, config: ManuConfig) -> dict[str, Tensor]:
-    """One score per neuron — the ``selection="combined"`` score — for every site of ``config.towers``.
+    """One score per neuron of every candidate site of ``config.towers``, for ``"paper"`` or ``"reference"``.
 
     stats: ``{(dataset, rendering): {site name: NeuronStats}}`` with dataset ∈ {forget, retain} and rendering ∈
     {image_text, text_only}.
-    paper:     S_n (:func:`paper_score`), contrasting the two renderings; needs all four tables.
+    paper:     S_n (:func:`paper_score`) with ``config.paper_reduction``, contrasting the two renderings; needs all
+               four tables; vision sites dropped when ``config.paper_vision == "exclude"``.
     reference: :func:`reference_score`, vision sites on image_text, language sites on text_only.
-    The paper's token reduction is ``config.extra.get("reduction", "mean")`` (see :func:`paper_components`).
+    ``"balanced"`` has one score per rendering instead: :func:`score_per_rendering`.
     """
     w, eps = config.statistic_weights, config.epsilon
-    scores = {}
-    for name in _candidate_sites(stats, config.towers):
-        if config.formulation == "paper":
-            scores[name] = paper_score(*(_table(stats, d, r)[name] for d in DATASETS for r in RENDERINGS),
-                                       eps=eps, weights=w, reduction=_reduction(config))
-        else:
+    if config.formulation == "paper":
+        return {name: paper_score(*(_table(stats, d, r)[name] for d in DATASETS for r in RENDERINGS),
+                                  eps=eps, weights=w, reduction=config.paper_reduction)
+                for name in _paper_candidates(stats, config)}
+    if config.formulation == "reference":
+        scores = {}
+        for name in _candidate_sites(stats, config.towers):
             rendering = REFERENCE_RENDERING[site_tower(name)]
             scores[name] = reference_score(_table(stats, "forget", rendering)[name],
                                            _table(stats, "retain", rendering)[name], weights=w, eps=eps)
-    return scores
+        return scores
+    raise ValueError(f"formulation {config.formulation!r} has one score per rendering: use score_per_rendering")
 
 
 def score_per_rendering(stats: StatsByKey, config: ManuConfig) -> dict[str, dict[str, Tensor]]:
-    """``{rendering: {site: score}}`` — the ``selection="union"`` scores, one ranking per rendering.
-
-    paper: :func:`paper_rendering_score`; reference: :func:`reference_score` on that rendering. A site enters a
-    rendering's ranking only when both forget and retain saw tokens of it there (vision sites never run on
-    text-only inputs, so they are ranked on image_text alone).
-    """
-    w, eps = config.statistic_weights, config.epsilon
-    score = paper_rendering_score if config.formulation == "paper" else reference_score
+    """``{rendering: {site: score}}`` — the ``"balanced"`` method's rankings, one per rendering, each
+    :func:`balanced_rendering_score`. A site enters a rendering's ranking only when both forget and retain saw
+    tokens of it there (vision sites never run on text-only inputs, so they are ranked on image_text alone)."""
+    w, eps = ManuConfig(formulation="balanced", weights=config.weights).statistic_weights, config.epsilon
     rankings: dict[str, dict[str, Tensor]] = {}
     for rendering in RENDERINGS:
         if ("forget", rendering) not in stats or ("retain", rendering) not in stats:
@@ -196,7 +201,7 @@ def score_per_rendering(stats: StatsByKey, config: ManuConfig) -> dict[str, dict
         ranking = {}
         for name in _candidate_sites(stats, config.towers):
             if name in forget and name in retain and forget[name].count > 0 and retain[name].count > 0:
-                ranking[name] = score(forget[name], retain[name], weights=w, eps=eps)
+                ranking[name] = balanced_rendering_score(forget[name], retain[name], weights=w, eps=eps)
         if ranking:
             rankings[rendering] = ranking
     if not rankings:
@@ -205,10 +210,77 @@ def score_per_rendering(stats: StatsByKey, config: ManuConfig) -> dict[str, dict
 
 
 def select(stats: StatsByKey, config: ManuConfig) -> dict[str, Tensor]:
-    """The neurons MANU prunes under ``config``: site → sorted ``LongTensor`` of neuron indices."""
-    if config.selection == "union":
-        return select_union(list(score_per_rendering(stats, config).values()), config.alpha, config.scope)
-    return select_neurons(score_neurons(stats, config), config.alpha, config.scope)
+    """The neurons the method ``config.formulation`` prunes: site → sorted ``LongTensor`` of neuron indices."""
+    if config.formulation == "balanced":
+        return select_union(list(score_per_rendering(stats, config).values()), config.alpha,
+                            config.selection_scope)
+    if config.formulation == "reference":
+        return select_reference(stats, config)
+    return select_neurons(score_neurons(stats, config), config.alpha, config.selection_scope)
+
+
+def select_reference(stats: StatsByKey, config: ManuConfig) -> dict[str, Tensor]:
+    """The released code's selection (``formulation="reference"``).
+
+    Default (``emulate_released_defects=False``): :func:`reference_score` per site and :func:`select_threshold`
+    per ``config.selection_scope`` unit (default one per tower, as the code's two score dicts).
+
+    ``emulate_released_defects=True`` reproduces what the code's hard-coded hook names do: per tower, the
+    statistics of all its layers are pooled (samples × layers, per width), one score vector is computed from the
+    pool, it enters the tower's threshold three times (the code's keys ``_21, _22, _23`` / ``_29, _30, _31`` hold
+    identical statistics), and the selected indices are pruned in the tower's **last three layers** only, the
+    same indices in each. (The code's other defects — padding counted, residual output rows zeroed, fc2/down_proj
+    outputs scored — are not emulated here; pair with ``prune_mode`` to choose how the mask is applied.)
+    """
+    if not config.emulate_released_defects:
+        return select_threshold(score_neurons(stats, config), config.alpha, config.selection_scope)
+    w, eps = config.statistic_weights, config.epsilon
+    names = _candidate_sites(stats, config.towers)
+    selected = {n: torch.zeros(0, dtype=torch.long) for n in names}
+    for tower in TOWERS:
+        sites = [n for n in names if site_tower(n) == tower]
+        if not sites:
+            continue
+        rendering = REFERENCE_RENDERING[tower]
+        forget, retain = _table(stats, "forget", rendering), _table(stats, "retain", rendering)
+        by_width: dict[int, list[str]] = {}
+        for n in sites:
+            by_width.setdefault(forget[n].width, []).append(n)
+        pooled = {}
+        for width, group in by_width.items():
+            score = reference_score(sum(forget[n] for n in group), sum(retain[n] for n in group), weights=w, eps=eps)
+            last = sorted(group, key=site_layer)[-3:]
+            pooled[width] = (score, last)
+        # The code's flat pool: each width's pooled score once per hooked key (three keys per module kind).
+        flat = torch.cat([score.double().repeat(len(last)) for score, last in pooled.values()])
+        k = int(config.alpha / 100 * flat.numel())
+        if k == 0:
+            continue
+        threshold = torch.topk(flat, k).values[-1]
+        for score, last in pooled.values():
+            idx = (score.double() >= threshold).nonzero().squeeze(1)
+            for n in last:
+                selected[n] = idx
+    return selected
+
+
+def select_threshold(scores: Mapping[str, Tensor], alpha: float, scope: str = "tower") -> dict[str, Tensor]:
+    """The released code's top-k rule per scope unit: k = int(alpha/100 · N) in float arithmetic (floor), the
+    threshold is the k-th largest score of the unit, and every neuron with score >= threshold is selected — so
+    ties at the threshold are all kept and the count can exceed k; k = 0 selects nothing. Site → sorted indices."""
+    if not (0 < alpha <= 100):
+        raise ValueError(f"alpha={alpha!r} must be a percentage in (0, 100]")
+    names = _canonical(scores)
+    selected: dict[str, Tensor] = {}
+    for unit in _units(names, scope):
+        flat = torch.cat([scores[n].detach().double().cpu() for n in unit])
+        if not torch.isfinite(flat).all():
+            raise ValueError(f"scores of {unit} contain NaN/Inf; check their statistics (empty site?)")
+        k = int(alpha / 100 * flat.numel())
+        threshold = torch.topk(flat, k).values[-1] if k > 0 else math.inf
+        for n in unit:
+            selected[n] = (scores[n].detach().double().cpu() >= threshold).nonzero().squeeze(1)
+    return selected
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Streaming, mergeable neuron statistics and the one pass that collects them.
 
-Statistics are *sufficient* and *streamed*: per neuron we keep the token count, Σ|a|, Σa, Σa² and
-count(|a| > τ) — never the activations — so memory is O(neurons), the totals add up across batches, processes
+Statistics are *sufficient* and *streamed*: per neuron we keep the token count, Σ|a|, Σa, Σa², the sum of
+squared deviations M2 = Σ(a − ā)² and count(|a| > τ) — never the activations — so memory is O(neurons), the totals add up across batches, processes
 and machines (``a + b``, :meth:`StatsTable.all_reduce_`), and every importance function of
 :mod:`manu_lite.importance` is a function of them. Statistics come per ``(dataset, rendering)``: dataset ∈
 {forget, retain}, rendering ∈ {image_text, text_only} (``manu_lite.config.RENDERINGS``).
@@ -20,7 +20,7 @@ from .artifacts import atomic_path
 from .hooks import NeuronSite, find_sites, record_neurons, token_mask_from_batch
 from .models import model_device
 
-_FIELDS = ("sum_abs", "sum", "sum_sq", "count_above")
+_FIELDS = ("sum_abs", "sum", "sum_sq", "m2", "count_above")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -34,17 +34,21 @@ class NeuronStats:
     sum_abs:     ``[width]`` Σ|a|.
     sum:         ``[width]`` Σa.
     sum_sq:      ``[width]`` Σa².
+    m2:          ``[width]`` Σ(a − mean)², merged across batches with Chan et al.'s pairwise update, so the
+                 variance never comes from the cancellation-prone E[a²] − E[a]² (a neuron whose mean is 1000× its
+                 spread keeps its std to < 1e-6 relative error on float32 input; a constant neuron has std 0).
     count_above: ``[width]`` #{|a| > tau}.
     tau:         the frequency threshold ``count_above`` was taken at (stats with different tau do not add).
 
     Derived per-neuron quantities (``mean_abs``, ``freq``, ``mean``, ``mean_sq``, ``var`` — population variance —,
-    ``std``, ``rms``) are 0 for a site that saw no token (e.g. vision neurons on text-only inputs).
+    ``var_unbiased``, ``std``, ``std_unbiased``, ``rms``) are 0 for a site that saw no token (e.g. vision neurons on text-only inputs).
     """
 
     count: Tensor
     sum_abs: Tensor
     sum: Tensor
     sum_sq: Tensor
+    m2: Tensor
     count_above: Tensor
     tau: float
 
@@ -52,7 +56,7 @@ class NeuronStats:
     def zeros(cls, width: int, tau: float, device: torch.device | str | None = None) -> "NeuronStats":
         def z(*shape):
             return torch.zeros(shape, dtype=torch.float64, device=device)
-        return cls(z(), z(width), z(width), z(width), z(width), float(tau))
+        return cls(z(), z(width), z(width), z(width), z(width), z(width), float(tau))
 
     @classmethod
     def from_activations(cls, activations: Tensor, tau: float) -> "NeuronStats":
@@ -66,20 +70,35 @@ class NeuronStats:
     def update_(self, activations: Tensor) -> "NeuronStats":
         """Add the tokens of ``activations`` ``[..., width]`` in place; returns self.
 
-        Per-call sums are taken in float32 (or the input's wider dtype) and then added to the float64 totals:
-        one cheap pass per statistic, exact enough per batch, and no drift over many batches.
+        Sums are accumulated in float64 (``sum(dtype=float64)``, no float32 partial totals). The batch's squared
+        deviations are taken about its own float64 mean rounded to the input dtype (``c``; exact subtraction for
+        values near it), corrected by n·(mean − c)² and merged into ``m2`` with Chan's pairwise update.
         """
         x = activations.detach().reshape(-1, self.width)  # detach: totals must never join an autograd graph
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
-        self.sum += x.sum(0)
+        n_b = x.shape[0]
+        if n_b == 0:
+            return self
+        f64 = torch.float64
+        sum_b = x.sum(0, dtype=f64)
+        mean_b = sum_b / n_b
+        centre = mean_b.to(x.dtype)
+        d = x - centre
+        shift = mean_b - centre.to(f64)
+        m2_b = (d * d).sum(0, dtype=f64) - n_b * shift * shift
+        m2_b.clamp_(min=0)
+        n_a = self.count  # a tensor: no device sync per batch; the merge term is 0 while n_a = 0
+        delta = mean_b - self.sum / n_a.clamp_min(1)
+        self.m2 += m2_b + delta * delta * (n_a * n_b / (n_a + n_b))
+        self.sum += sum_b
         a = x.abs()  # a fresh buffer, reused in place below
-        self.sum_abs += a.sum(0)
-        self.sum_sq += (a * a).sum(0)
+        self.sum_abs += a.sum(0, dtype=f64)
+        self.sum_sq += (a * a).sum(0, dtype=f64)
         # #{|a| > tau} as sum(max(sign(|a| - tau), 0)): exact (float subtraction of distinct values is never 0)
         # and ~3x faster on CPU than summing the boolean (a > tau), whose kernel is not vectorised.
-        self.count_above += a.sub_(self.tau).sign_().clamp_(min=0).sum(0)
-        self.count += x.shape[0]
+        self.count_above += a.sub_(self.tau).sign_().clamp_(min=0).sum(0, dtype=f64)
+        self.count += n_b
         return self
 
     def _check_compatible(self, other: "NeuronStats") -> None:
@@ -93,8 +112,13 @@ class NeuronStats:
 
     def __add__(self, other: "NeuronStats") -> "NeuronStats":
         self._check_compatible(other)
-        return NeuronStats(*(getattr(self, f) + getattr(other, f).to(self.sum.device)
-                             for f in ("count", *_FIELDS)), tau=self.tau)
+        o = other.to(self.sum.device)
+        totals = {f: getattr(self, f) + getattr(o, f) for f in ("count", *_FIELDS)}
+        n_a, n_b = self.count, o.count
+        if n_a > 0 and n_b > 0:  # Chan et al.: M2 = M2_a + M2_b + δ² n_a n_b / n
+            delta = o.sum / n_b - self.sum / n_a
+            totals["m2"] = self.m2 + o.m2 + delta * delta * (n_a * n_b / (n_a + n_b))
+        return NeuronStats(**totals, tau=self.tau)
 
     def __radd__(self, other):
         # Lets ``sum(list_of_stats)`` work: sum() starts from 0.
@@ -141,12 +165,21 @@ class NeuronStats:
 
     @property
     def var(self) -> Tensor:
-        # E[a²] − E[a]²; clamped because rounding can make it a hair negative for a constant neuron.
-        return (self.mean_sq - self.mean ** 2).clamp_min(0)
+        """Population variance M2 / n."""
+        return self._per_token(self.m2)
+
+    @property
+    def var_unbiased(self) -> Tensor:
+        """Unbiased (Bessel) variance M2 / (n − 1), as ``torch.std`` (the released code) takes it; 0 for n < 2."""
+        return self.m2 / (self.count - 1).clamp_min(1)
 
     @property
     def std(self) -> Tensor:
         return self.var.sqrt()
+
+    @property
+    def std_unbiased(self) -> Tensor:
+        return self.var_unbiased.sqrt()
 
     @property
     def rms(self) -> Tensor:
@@ -157,15 +190,27 @@ class NeuronStats:
 
 
 def _all_reduce_(stats: Sequence[NeuronStats], group) -> None:
-    """One SUM all_reduce over every tensor of every ``stats`` (one flat buffer: one collective, not many)."""
+    """Merge every ``stats`` over all processes: one SUM all_reduce of the additive totals (one flat buffer),
+    then one of M2 about the global mean (each rank adds n_i (mean_i − mean)², Chan's merge)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("torch.distributed is not initialised; call torch.distributed.init_process_group first")
-    parts = [t.reshape(-1) for s in stats for t in s.tensors().values()]
+    local = [(s.count.clone(), s.sum.clone()) for s in stats]
+    additive = ("count", "sum_abs", "sum", "sum_sq", "count_above")
+    parts = [getattr(s, f).reshape(-1) for s in stats for f in additive]
     flat = torch.cat(parts)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     for part, reduced in zip(parts, flat.split([p.numel() for p in parts])):
+        part.copy_(reduced)
+    for s, (n_i, sum_i) in zip(stats, local):
+        if n_i > 0:
+            delta = sum_i / n_i - s.sum / s.count.clamp_min(1)
+            s.m2 += n_i * delta * delta
+    m2 = [s.m2.reshape(-1) for s in stats]
+    flat = torch.cat(m2)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    for part, reduced in zip(m2, flat.split([p.numel() for p in m2])):
         part.copy_(reduced)
 
 
@@ -217,9 +262,15 @@ class StatsTable(dict):
             if meta.get("format") != "manu-lite-stats":
                 raise ValueError(f"{path} is not a manu-lite statistics file (written by StatsTable.save)")
             taus = json.loads(meta["tau"])
-            return cls({name: NeuronStats(count=f.get_tensor(f"{name}/count"),
-                                          **{fl: f.get_tensor(f"{name}/{fl}") for fl in _FIELDS}, tau=tau)
-                        for name, tau in taus.items()})
+            keys = set(f.keys())
+            table = cls()
+            for name, tau in taus.items():
+                fields = {fl: f.get_tensor(f"{name}/{fl}") for fl in _FIELDS if f"{name}/{fl}" in keys}
+                count = f.get_tensor(f"{name}/count")
+                if "m2" not in fields:  # files written before M2 was kept: the (less exact) moment formula
+                    fields["m2"] = (fields["sum_sq"] - fields["sum"] ** 2 / count.clamp_min(1)).clamp_min(0)
+                table[name] = NeuronStats(count=count, **fields, tau=tau)
+            return table
 
 
 # ---------------------------------------------------------------------------------------------------------------

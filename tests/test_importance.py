@@ -1,4 +1,4 @@
-"""Streaming statistics, both formulations on a hand-computed example, exact selection."""
+"""Streaming statistics, the three methods (paper, reference, balanced) on hand-computed examples, exact selection."""
 import math
 
 import pytest
@@ -9,15 +9,16 @@ from hypothesis import strategies as st
 from manu_lite.config import ManuConfig
 from manu_lite.hooks import find_sites
 from manu_lite.importance import (
+    balanced_rendering_score,
     n_selected,
     paper_components,
-    paper_rendering_score,
     paper_score,
     reference_score,
     score_neurons,
     score_per_rendering,
     select,
     select_neurons,
+    select_threshold,
     select_union,
     selection_summary,
 )
@@ -128,43 +129,71 @@ EPS = 1e-9
 
 
 def test_paper_formulation_by_hand():
+    """The equations as written (DESIGN §2a): N a count and Z² a sum by default."""
     s = hand_stats()
     f = paper_components(s[("forget", "image_text")], s[("forget", "text_only")], eps=EPS)
-    # n0: |2-1|/3, |1-1|/2, sqrt(4+0), sqrt(|5-1|/6);  n1: |1-0|/1, |.5-0|/.5, sqrt(1+0), sqrt(|2-0|/2)
-    assert close(f["abs"], [1 / 3, 1]) and close(f["freq"], [0, 1])
-    assert close(f["var"], [2, 1]) and close(f["rms"], [math.sqrt(2 / 3), 1])
+    # n0: multi 1, -3 (Z̄ 2, N 2, Var 4, Z² 10); text 1, 1, 1 (Z̄ 1, N 3, Var 0, Z² 3)
+    #   |2-1|/3, |2-3|/5, sqrt(4+0), sqrt(|10-3|/13)
+    # n1: multi 2, 0 (Z̄ 1, N 1, Var 1, Z² 4); text 0, 0, 0 -> 1, 1, sqrt(1), sqrt(4/4)
+    assert close(f["abs"], [1 / 3, 1]) and close(f["freq"], [1 / 5, 1])
+    assert close(f["var"], [2, 1]) and close(f["rms"], [math.sqrt(7 / 13), 1])
     r = paper_components(s[("retain", "image_text")], s[("retain", "text_only")], eps=EPS)
-    # n0: 0/4, |1-.5|/1.5, sqrt(0+4), sqrt(|4-8|/12);  n1: 0, 0, sqrt(1+0), 0
+    # n0: multi 2, 2 (2, N 2, 0, Z² 8); text 0, 4 (2, N 1, 4, Z² 16) -> 0, 1/3, 2, sqrt(8/24)
+    # n1: multi 1, -1 (1, 2, 1, 2); text 1, 1 (1, 2, 0, 2) -> 0, 0, 1, 0
     assert close(r["abs"], [0, 0]) and close(r["freq"], [1 / 3, 0])
     assert close(r["var"], [2, 1]) and close(r["rms"], [math.sqrt(1 / 3), 0])
-    i_f = [1 / 3 + 0 + 2 + math.sqrt(2 / 3), 4.0]
+    i_f = [1 / 3 + 1 / 5 + 2 + math.sqrt(7 / 13), 4.0]
     i_r = [1 / 3 + 2 + math.sqrt(1 / 3), 1.0]
-    score = paper_score(s[("forget", "image_text")], s[("forget", "text_only")],
-                        s[("retain", "image_text")], s[("retain", "text_only")], eps=EPS)
+    score = paper_score(*(s[k] for k in hand_stats()), eps=EPS)
     assert close(score, [i_f[0] / i_r[0], 4.0])
-    assert close(score, [1.08216, 4.0], rtol=1e-5)
-    # "sum" reduction: forget n0 has N 2 vs 3 tokens above tau and Z^2 10 vs 3 -> |2-3|/5 and sqrt(7/13).
-    fs = paper_components(s[("forget", "image_text")], s[("forget", "text_only")], eps=EPS, reduction="sum")
-    assert close(fs["freq"], [1 / 5, 1]) and close(fs["rms"], [math.sqrt(7 / 13), 1])
+    assert close(score, [1.12246, 4.0], rtol=1e-5)
+    # The per-token reading (paper_reduction="mean"): N and Z² divided by each rendering's token count.
+    fm = paper_components(s[("forget", "image_text")], s[("forget", "text_only")], eps=EPS, reduction="mean")
+    assert close(fm["freq"], [0, 1]) and close(fm["rms"], [math.sqrt(2 / 3), 1])
+    mean = paper_score(*(s[k] for k in hand_stats()), eps=EPS, reduction="mean")
+    assert close(mean, [(1 / 3 + 2 + math.sqrt(2 / 3)) / i_r[0], 4.0])
     # Weights: only the variance term.
     only_var = paper_score(*(s[k] for k in hand_stats()), eps=EPS, weights={"var": 1})
     assert close(only_var, [2 / 2, 1 / 1])
+    # The config field routes the reading; there is no untyped extra dict.
+    stats = {key: {"language.0.down_proj": v} for key, v in s.items()}
+    assert close(score_neurons(stats, ManuConfig(epsilon=EPS))["language.0.down_proj"], score)
+    assert close(score_neurons(stats, ManuConfig(epsilon=EPS, paper_reduction="mean"))["language.0.down_proj"], mean)
+    assert not hasattr(ManuConfig(), "extra")
+
+
+def test_paper_formulation_on_vision_neurons_by_hand():
+    """Text never reaches the vision tower: its text-only statistics are empty and S_n = (3 + σ_f) / (3 + σ_r)."""
+    s = hand_stats()
+    empty = NeuronStats.zeros(2, TAU)
+    score = paper_score(s[("forget", "image_text")], empty, s[("retain", "image_text")], empty, eps=EPS)
+    # forget multi σ = (2, 1), every neuron has Z̄, N, Z² > 0 -> I = 1 + 1 + σ + 1; retain multi σ = (0, 1).
+    assert close(score, [(3 + 2) / (3 + 0), (3 + 1) / (3 + 1)], rtol=1e-6)
+    stats = {key: {"language.0.down_proj": v, "vision.0.fc2": v if key[1] == "image_text" else empty}
+             for key, v in s.items()}
+    as_written = score_neurons(stats, ManuConfig(epsilon=EPS))
+    assert close(as_written["vision.0.fc2"], score)
+    excluded = score_neurons(stats, ManuConfig(epsilon=EPS, paper_vision="exclude"))
+    assert list(excluded) == ["language.0.down_proj"]
+    assert select(stats, ManuConfig(alpha=50, paper_vision="exclude"))["language.0.down_proj"].tolist() == [1]
 
 
 def test_reference_formulation_by_hand():
     s = hand_stats()
-    # text_only, n0: F = (abs 1, std 0, rms 1), R = (abs 2, std 2, rms sqrt 8); weights abs 2, freq 0, var 2, rms 2
-    #   2(1/2 - 1) + 2(0/2 - 1) + 2(1/sqrt(8) - 1) = -1 - 2 - 1.292893
+    # Unbiased std (the code's torch.std). text_only, n0: F = 1, 1, 1 (abs 1, std 0, rms 1), R = 0, 4 (abs 2,
+    # std sqrt(8/1), rms sqrt 8); weights abs 2, freq 0, var 2, rms 2:
+    #   2(1/2 - 1) + 2(0/sqrt 8 - 1) + 2(1/sqrt(8) - 1)
     # n1: F = all 0, R = (abs 1, std 0, rms 1): 2(0 - 1) + 2(0/eps - 1) + 2(0 - 1) = -6
     text = reference_score(s[("forget", "text_only")], s[("retain", "text_only")], eps=EPS)
     assert close(text, [-3 - 2 * (1 - 1 / math.sqrt(8)), -6.0])
-    # image_text, n1: F = (1, std 1, rms sqrt 2), R = (1, std 1, rms 1): 0 + 0 + 2(sqrt 2 - 1)
-    # n0: retain std is 0, so 2 (2 / (0 + eps) - 1) explodes, as in the released code.
+    # image_text, n1: F = 2, 0 (abs 1, std sqrt 2, rms sqrt 2), R = 1, -1 (1, sqrt 2, 1): 0 + 0 + 2(sqrt 2 - 1)
+    # n0: F = 1, -3 (abs 2, std sqrt 8, rms sqrt 5), R = 2, 2 (2, std 0, rms 2): 2 (sqrt 8 / eps - 1) explodes.
     image = reference_score(s[("forget", "image_text")], s[("retain", "image_text")], eps=1e-5)
-    assert close(image, [2 * (2 / 1e-5 - 1) + 2 * (math.sqrt(5) / 2 - 1), 2 * (math.sqrt(2) - 1)], rtol=1e-4)
-    # The union selection's paper score within one rendering: sum of magnitudes, forget over retain.
+    assert close(image, [2 * (math.sqrt(8) / 1e-5 - 1) + 2 * (math.sqrt(5) / 2 - 1), 2 * (math.sqrt(2) - 1)],
+                 rtol=1e-4)
+    # The balanced method's score within one rendering: weighted magnitudes (population std), forget over retain.
     # text_only n0: (1 + 1 + 0 + 1) / (2 + .5 + 2 + sqrt 8)
-    assert close(paper_rendering_score(s[("forget", "text_only")], s[("retain", "text_only")], eps=EPS)[0],
+    assert close(balanced_rendering_score(s[("forget", "text_only")], s[("retain", "text_only")], eps=EPS)[0],
                  3 / (4.5 + math.sqrt(8)))
 
 
@@ -172,7 +201,7 @@ def test_score_neurons_routes_sites_by_formulation():
     hand = hand_stats()
     stats = {key: {"language.0.down_proj": st_, "vision.0.fc2": st_} for key, st_ in hand.items()}
     paper = score_neurons(stats, ManuConfig(formulation="paper", epsilon=EPS))
-    assert close(paper["language.0.down_proj"], [1.08216, 4.0], rtol=1e-5) and close(paper["vision.0.fc2"], [1.08216, 4.0], rtol=1e-5)
+    assert close(paper["language.0.down_proj"], [1.12246, 4.0], rtol=1e-5)
     ref = score_neurons(stats, ManuConfig(formulation="reference", epsilon=EPS))
     assert close(ref["language.0.down_proj"], reference_score(hand[("forget", "text_only")],
                                                               hand[("retain", "text_only")], eps=EPS))
@@ -180,13 +209,96 @@ def test_score_neurons_routes_sites_by_formulation():
                                                       hand[("retain", "image_text")], eps=EPS))
     only_language = score_neurons(stats, ManuConfig(towers=("language",)))
     assert list(only_language) == ["language.0.down_proj"]
-    per = score_per_rendering(stats, ManuConfig(formulation="reference", epsilon=EPS))
+    per = score_per_rendering(stats, ManuConfig(formulation="balanced", epsilon=EPS))
     assert set(per) == {"image_text", "text_only"}
+    with pytest.raises(ValueError, match="per rendering"):
+        score_neurons(stats, ManuConfig(formulation="balanced"))
     # A site that saw no token in a rendering (vision on text-only inputs) is not ranked there.
     stats[("forget", "text_only")] = {**stats[("forget", "text_only")], "vision.0.fc2": NeuronStats.zeros(2, TAU)}
-    assert "vision.0.fc2" not in score_per_rendering(stats, ManuConfig())["text_only"]
+    assert "vision.0.fc2" not in score_per_rendering(stats, ManuConfig(formulation="balanced"))["text_only"]
     with pytest.raises(ValueError, match="missing"):
         score_neurons({k: v for k, v in stats.items() if k[1] == "text_only"}, ManuConfig(formulation="paper"))
+
+
+def test_config_names_and_legacy_dicts():
+    assert ManuConfig().selection_scope == "global"
+    assert ManuConfig(formulation="reference").selection_scope == "tower"
+    assert ManuConfig(formulation="balanced", scope="layer").selection_scope == "layer"
+    with pytest.raises(ValueError, match="emulate"):
+        ManuConfig(formulation="paper", emulate_released_defects=True)
+    with pytest.raises(ValueError, match="paper_reduction"):
+        ManuConfig(paper_reduction="token")
+    old = {"formulation": "paper", "selection": "union", "extra": {}, "alpha": 30.0}
+    assert ManuConfig.from_dict(old).formulation == "balanced"
+    old = {"formulation": "paper", "selection": "combined", "extra": {"reduction": "mean"}}
+    assert ManuConfig.from_dict(old).paper_reduction == "mean"
+
+
+# ---- the released code's selection ------------------------------------------------------------------------
+def test_select_threshold_per_tower_floor_and_ties():
+    """By hand from the released code: per tower k = int(p/100 · n); threshold = k-th largest; score >= it."""
+    scores = {"language.0.down_proj": torch.tensor([1.0, 3.0, 3.0, 0.0]),
+              "language.1.down_proj": torch.tensor([2.0, 3.0, 0.5, 0.0]),
+              "vision.0.fc2": torch.tensor([3.0, 2.0, 5.0, 0.0, 0.0, 1.0])}
+    # alpha 30: language n = 8 -> k = int(2.4) = 2, the 2nd largest is 3.0, and three neurons tie at 3.0: all kept.
+    #           vision n = 6 -> k = int(1.8) = 1 (floor, not round): only the 5.0.
+    t = select_threshold(scores, 30)
+    assert t["language.0.down_proj"].tolist() == [1, 2] and t["language.1.down_proj"].tolist() == [1]
+    assert t["vision.0.fc2"].tolist() == [2]
+    # alpha 10: vision k = int(0.6) = 0 selects nothing; language k = int(0.8) = 0 too.
+    assert all(len(v) == 0 for v in select_threshold(scores, 10).values())
+    # One threshold per tower, not one global threshold: vision's 3.0 would tie into a global top-4.
+    stats = {key: {"language.0.down_proj": v, "vision.0.fc2": v} for key, v in hand_stats().items()}
+    ref = select(stats, ManuConfig(formulation="reference", alpha=50, epsilon=EPS))
+    # language (text_only) scores [-1.29.., -6] and vision (image_text) [huge, 0.83]: k = 1 per tower.
+    assert ref["language.0.down_proj"].tolist() == [0] and ref["vision.0.fc2"].tolist() == [0]
+
+
+def test_emulate_released_defects_pools_layers_and_prunes_last_three():
+    g = torch.Generator().manual_seed(0)
+    names = [f"language.{i}.down_proj" for i in range(5)]
+    stats = {}
+    for d in ("forget", "retain"):
+        for r in ("image_text", "text_only"):
+            stats[(d, r)] = {n: NeuronStats.from_activations(torch.randn(7, 10, generator=g, dtype=torch.float64)
+                                                             + (i == 0 and d == "forget"), TAU)
+                             for i, n in enumerate(names)}
+    config = ManuConfig(formulation="reference", alpha=20, emulate_released_defects=True)
+    out = select(stats, config)
+    # By hand: the pool of all five layers' text-only statistics, one score vector, entered three times.
+    pooled = reference_score(sum(stats[("forget", "text_only")].values()),
+                             sum(stats[("retain", "text_only")].values()))
+    k = int(20 / 100 * 30)  # 6 of 3 × 10 (each pooled score appears three times): the top 2 distinct values
+    threshold = torch.topk(pooled.repeat(3), k).values[-1]
+    want = (pooled >= threshold).nonzero().squeeze(1).tolist()
+    assert len(want) == 2
+    assert [out[n].tolist() for n in names] == [[], [], want, want, want]
+    # Without the switch: per-layer statistics, every layer a candidate.
+    fixed = select(stats, ManuConfig(formulation="reference", alpha=20))
+    assert sum(len(v) for v in fixed.values()) == int(20 / 100 * 50)
+
+
+# ---- numerically robust statistics --------------------------------------------------------------------------
+def test_constant_neuron_has_zero_std_in_float32():
+    x = torch.full((1000, 3), 0.3, dtype=torch.float32)
+    s = NeuronStats.zeros(3, TAU)
+    for chunk in x.split(64):
+        s.update_(chunk)
+    assert torch.equal(s.std, torch.zeros(3, dtype=torch.float64)) and torch.equal(s.std_unbiased, s.std)
+
+
+@pytest.mark.parametrize("chunk", [1000, 37, 1])
+def test_std_relative_error_when_mean_is_1000_times_the_spread(chunk):
+    g = torch.Generator().manual_seed(0)
+    x = (1000.0 + torch.randn(1000, 8, generator=g, dtype=torch.float64)).float()
+    want = x.double().std(0, unbiased=False)
+    s = NeuronStats.zeros(8, TAU)
+    for part in x.split(chunk):
+        s.update_(part)
+    assert ((s.std - want) / want).abs().max() < 1e-6
+    assert ((s.std_unbiased - x.double().std(0)) / want).abs().max() < 1e-6
+    halves = NeuronStats.from_activations(x[:333], TAU) + NeuronStats.from_activations(x[333:], TAU)
+    assert ((halves.std - want) / want).abs().max() < 1e-6
 
 
 # ---- selection ---------------------------------------------------------------------------------------------
@@ -230,8 +342,8 @@ def test_select_union_interleaves_to_exact_count():
 
 def test_select_end_to_end_and_summary():
     stats = {key: {"language.0.down_proj": s, "language.1.down_proj": s} for key, s in hand_stats().items()}
-    chosen = select(stats, ManuConfig(alpha=50, selection="combined", epsilon=EPS))
-    # Both sites have scores (1.08, 4): global 50 % of 4 neurons = the two 4.0s.
+    chosen = select(stats, ManuConfig(alpha=50, epsilon=EPS))
+    # Both sites have scores (1.12, 4): global 50 % of 4 neurons = the two 4.0s.
     assert {k: v.tolist() for k, v in chosen.items()} == {"language.0.down_proj": [1], "language.1.down_proj": [1]}
     summary = selection_summary(chosen, {"language.0.down_proj": 2, "language.1.down_proj": 2})
     assert summary["selected"] == 2 and summary["per_tower"] == {"language": {"selected": 2, "of": 4}}
@@ -278,5 +390,5 @@ def test_merge_is_associative_and_commutative(data, cuts, order_seed):
     for merged in (left, shuffled):
         assert merged.count.item() == whole.count.item()
         assert torch.equal(merged.count_above, whole.count_above)
-        for field in ("sum_abs", "sum", "sum_sq"):
+        for field in ("sum_abs", "sum", "sum_sq", "m2"):
             assert close(getattr(merged, field), getattr(whole, field), rtol=1e-5, atol=1e-4)
