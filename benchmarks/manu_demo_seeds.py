@@ -43,10 +43,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--alphas", type=float, nargs="+", default=[TINY_MANU.alpha])
     parser.add_argument("--formulation", default=TINY_MANU.formulation)
-    parser.add_argument("--selection", default=TINY_MANU.selection)
     parser.add_argument("--positions", default=TINY_MANU.positions)
     parser.add_argument("--towers", default=",".join(TINY_MANU.towers))
-    parser.add_argument("--scope", default=TINY_MANU.scope, help="global, tower or layer")
+    parser.add_argument("--scope", default=TINY_MANU.scope, help="global, tower or layer (default: the formulation's own)")
     parser.add_argument("--weights", default=None,
                         help='statistic weights as JSON, e.g. \'{"rms": 1}\' (default: the formulation\'s)')
     parser.add_argument("--forget", default="forget_10")
@@ -55,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = replace(TINY_MANU, formulation=args.formulation, selection=args.selection, positions=args.positions,
+    config = replace(TINY_MANU, formulation=args.formulation, positions=args.positions,
                      towers=tuple(args.towers.split(",")), scope=args.scope,
                      weights=json.loads(args.weights) if args.weights else TINY_MANU.weights)
     eval_config = EvalConfig(**{**TINY_EVAL.__dict__, "sets": SETS, "tasks": ("mc", "generation")})

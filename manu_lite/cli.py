@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .artifacts import RunManifest
-from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, SELECTIONS, ManuConfig
+from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, ManuConfig
 
 DEFAULT_OUT = "runs/demo"
 
@@ -46,10 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path")
     defaults = ManuConfig()
     unlearn.add_argument("--alpha", type=float, default=defaults.alpha, help="percent of neurons to prune")
-    unlearn.add_argument("--formulation", default=defaults.formulation, choices=FORMULATIONS)
+    unlearn.add_argument("--formulation", default=defaults.formulation, choices=FORMULATIONS,
+                         help="paper: the paper's equations as written; reference: the released code's selection; "
+                         "balanced: this book's modality-balanced variant")
+    unlearn.add_argument("--emulate-released-defects", action="store_true",
+                         help="reference only: pool statistics over layers, prune the last three layers of each tower")
     unlearn.add_argument("--positions", default=defaults.positions, choices=POSITIONS)
-    unlearn.add_argument("--selection", default=defaults.selection, choices=SELECTIONS)
-    unlearn.add_argument("--scope", default=defaults.scope, choices=SCOPES)
+    unlearn.add_argument("--scope", default=defaults.scope, choices=SCOPES,
+                         help="where the threshold is taken (default: the formulation's own; reference: per tower)")
     unlearn.add_argument("--towers", default=",".join(defaults.towers), help="comma-separated: language,vision")
     unlearn.add_argument("--prune-mode", default=defaults.prune_mode, choices=PRUNE_MODES)
     compare = commands.add_parser("compare", help="Vanilla, GA, GradDiff, KL, NPO and MANU on one world: tables, sweeps, "
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _world_args(compare)
     compare.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path (then LoRA baselines)")
     compare.add_argument("--methods", default=None, help="comma-separated subset of vanilla,ga,graddiff,kl,npo,"
-                         "manu-paper,manu-reference (default: all)")
+                         "manu-paper,manu-reference,manu-balanced (default: all)")
     compare.add_argument("--renderings", default="image_text", choices=["image_text", "text_only", "both"],
                          help="what the gradient baselines train on (the benchmark: image_text)")
     compare.add_argument("--steps", type=int, default=None, help="gradient baselines: optimizer steps")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         results = workflow.evaluate_model(world, args, run)
     elif args.command == "unlearn":
         config = ManuConfig(alpha=args.alpha, formulation=args.formulation, positions=args.positions,
-                            selection=args.selection, scope=args.scope, towers=tuple(args.towers.split(",")),
+                            emulate_released_defects=args.emulate_released_defects, scope=args.scope, towers=tuple(args.towers.split(",")),
                             prune_mode=args.prune_mode, seed=args.seed)
         results = workflow.unlearn_and_evaluate(world, args, config, run)
     else:

@@ -1,4 +1,4 @@
-"""``manu-lite compare``: Vanilla, GA, GradDiff, KL, NPO and MANU (both formulations) on one world and split.
+"""``manu-lite compare``: Vanilla, GA, GradDiff, KL, NPO and MANU (paper, reference, balanced) on one world and split.
 
 Every method starts from a copy of the same vanilla model, is evaluated with the same :class:`EvalConfig`, and
 is measured the same way (wall time and peak memory of the unlearning step). On top of the paper's protocol
@@ -39,8 +39,9 @@ from .models import PromptAdapter
 from .report import paper_table, summary_table, write_table
 
 LABELS = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "kl": "KL", "npo": "NPO",
-          "manu-paper": "MANU-paper", "manu-reference": "MANU-reference"}
-MANU_METHODS = {"manu-paper": "paper", "manu-reference": "reference"}
+          "manu-paper": "MANU-paper", "manu-reference": "MANU-reference", "manu-balanced": "MANU-balanced"}
+# compare row → ManuConfig.formulation: the paper's equations, the released code's selection, the book's variant.
+MANU_METHODS = {"manu-paper": "paper", "manu-reference": "reference", "manu-balanced": "balanced"}
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ class CompareConfig:
 
     methods:          keys of :data:`LABELS`, in table order.
     unlearn:          budget of the gradient baselines (one config for all four).
-    manu:             MANU settings; ``formulation`` is set per method (manu-paper / manu-reference).
+    manu:             MANU settings; ``formulation`` is set per method (manu-paper / manu-reference / manu-balanced).
     evaluation:       the main evaluation (every set).
     sweep_sets, sweep_retain_people: sweep points are evaluated on these sets only, with a seeded subsample of
                       the retain people (the vanilla model is re-evaluated the same way, so drops compare).
-    alphas, positions: the MANU sweep (both formulations at each point); ``step_grid``: the baselines' sweep.
+    alphas, positions: the MANU sweep (every MANU method at each point); ``step_grid``: the baselines' sweep.
     relearn_fraction: share of the forget pairs the relearning attacker fine-tunes on (the retain-only attack
                       uses as many retain pairs); ``relearn``: its fine-tune.
     mia_people:       never-seen people generated for membership inference (synthetic worlds only).

@@ -120,7 +120,7 @@ def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence
 def custom_selection(stats, score_fn, alpha: float, towers: Sequence[str] = ("language", "vision"),
                      scope: str = "global") -> dict[str, torch.Tensor]:
     """Select with your own per-rendering score ``score_fn(forget: NeuronStats, retain: NeuronStats) -> [width]``:
-    one ranking per rendering (sites that saw tokens in both datasets), interleaved as ``selection="union"`` does."""
+    one ranking per rendering (sites that saw tokens in both datasets), interleaved as the ``"balanced"`` method does."""
     rankings = []
     for rendering in RENDERINGS:
         forget, retain = stats.get(("forget", rendering)), stats.get(("retain", rendering))

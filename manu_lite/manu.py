@@ -54,8 +54,8 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
 
     forget, retain: training-format profile records (e.g. ``world.forget_train``, ``world.retain_train``); each
                     is encoded in both renderings, image+text and text-only, with answers as labels.
-    config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, selection,
-                    prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering). A 4-bit/8-bit
+    config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, paper_reduction,
+                    paper_vision, emulate_released_defects, prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering). A 4-bit/8-bit
                     or offloaded model needs ``prune_mode="activation"`` (checked before any statistics).
     collector:      the statistics pass, :func:`~manu_lite.stats.collect_stats` or, under ``torchrun``,
                     :func:`manu_lite.distributed.collect_stats_distributed` (every rank gets the same mask).

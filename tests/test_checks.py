@@ -137,10 +137,10 @@ def test_own_score_check_rejects_plain_magnitude_and_nan(capsys):
 
 
 def test_own_score_check_accepts_the_published_per_rendering_scores():
-    from manu_lite.importance import paper_rendering_score, reference_score
+    from manu_lite.importance import balanced_rendering_score, reference_score
 
     assert checks.check_own_score(lambda f, r: reference_score(f, r)) is True
-    assert checks.check_own_score(lambda f, r: paper_rendering_score(f, r)) is True
+    assert checks.check_own_score(lambda f, r: balanced_rendering_score(f, r)) is True
 
 
 def test_checks_run_in_seconds():
