@@ -206,23 +206,26 @@ def _random_stats(seed: int, width: int = 64, tau: float = 0.1):
 _IMPORTANCE_HINTS = {
     "abs": "I_abs = |Z̄_multi − Z̄_text| / (Z̄_multi + Z̄_text + eps), with Z̄ = mean |a| = stats.mean_abs",
     "freq": "I_freq = |N_multi − N_text| / (N_multi + N_text + eps), with N the share of tokens with |a| > tau: "
-            "stats.freq (= count_above / count; totals would compare the renderings' token counts)",
+            "stats.freq (= count_above / count: the per-token reading, ManuConfig(paper_reduction='mean'); the "
+            "paper as written uses the count, paper_reduction='sum')",
     "var": "I_var = sqrt(Var_multi + Var_text), not normalised; Var is the population variance stats.var "
-           "(= mean_sq − mean²)",
-    "rms": "I_rms = sqrt(|Z²_multi − Z²_text| / (Z²_multi + Z²_text + eps)), with Z² the mean of a²: stats.mean_sq",
+           "(= m2 / count)",
+    "rms": "I_rms = sqrt(|Z²_multi − Z²_text| / (Z²_multi + Z²_text + eps)), with Z² the mean of a²: stats.mean_sq "
+           "(the per-token reading; as written Z² is the sum, paper_reduction='sum')",
 }
 
 
 def check_importance_functions(i_abs: Callable, i_freq: Callable, i_var: Callable, i_rms: Callable) -> bool:
     """Check the paper's four per-neuron contrasts, each ``fn(multi: NeuronStats, text: NeuronStats, eps) ->
-    Tensor[width]`` (``multi`` = image+text statistics, ``text`` = text-only statistics of one dataset)."""
+    Tensor[width]`` (``multi`` = image+text statistics, ``text`` = text-only statistics of one dataset), in the
+    per-token reading of N and Z² (``paper_components(..., reduction="mean")``)."""
     report = _Report("check_importance_functions")
     cases = [_random_stats(seed) for seed in (1, 2)]
     for key, fn in (("abs", i_abs), ("freq", i_freq), ("var", i_var), ("rms", i_rms)):
         def test(key=key, fn=fn):
             for multi, text in cases:
                 for eps in (1e-5, 0.5):
-                    want = paper_components(multi, text, eps=eps)[key]
+                    want = paper_components(multi, text, eps=eps, reduction="mean")[key]
                     got = fn(multi, text, eps)
                     assert isinstance(got, torch.Tensor), f"returned {type(got).__name__}, expected a Tensor"
                     assert tuple(got.shape) == (multi.width,), f"shape {tuple(got.shape)}, expected ({multi.width},)"

@@ -141,8 +141,46 @@ def _match_layout(module: nn.Module) -> tuple[tuple[str, ...], str] | None:
     return None
 
 
+def unused_layers(model: nn.Module) -> dict[int, str]:
+    """Vision encoder layers whose output never reaches the language model: layer index → reason.
+
+    LLaVA-style models read the vision features from ``hidden_states[config.vision_feature_layer]`` (LLaVA-1.5:
+    ``-2``), so the encoder layers after it run but nothing downstream reads them: their MLP neurons cannot matter
+    and are no candidates. ``hidden_states[h]`` is the output of layer ``h − 1`` (``hidden_states[0]`` is the
+    embedding), so layers ``>= h`` (``h`` made non-negative) are unused. A list of feature layers (LLaVA-NeXT
+    variants) uses up to its largest. Models without ``vision_feature_layer`` report nothing.
+    """
+    config = getattr(model, "config", None)
+    feature = getattr(config, "vision_feature_layer", None)
+    n_layers = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
+    if feature is None or n_layers is None:
+        return {}
+    features = list(feature) if isinstance(feature, (list, tuple)) else [feature]
+    last = max(int(h) + n_layers + 1 if int(h) < 0 else int(h) for h in features)
+    return {layer: f"vision_feature_layer={feature!r} reads hidden_states up to index {last}: layer {layer}'s "
+                   "output never reaches the language model" for layer in range(last, n_layers)}
+
+
+def unused_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> dict[str, str]:
+    """Sites :func:`find_sites` leaves out because the model never uses their output (see :func:`unused_layers`):
+    site name → reason."""
+    layers = unused_layers(model)
+    if not layers or "vision" not in tuple(towers):
+        return {}
+    return {s.name: layers[s.layer] for s in find_sites(model, ("vision",)) if s.layer in layers}
+
+
+def candidate_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[NeuronSite]:
+    """:func:`find_sites` without :func:`unused_sites`: the sites MANU scores, and whose neurons alpha counts."""
+    unused = unused_sites(model, towers)
+    return [s for s in find_sites(model, towers) if s.name not in unused]
+
+
 def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[NeuronSite]:
     """Every MLP neuron site of ``model`` in the given towers, ordered by (tower, layer).
+
+    This lists every MLP, used or not; :func:`unused_sites` names those whose output never reaches the language
+    model (MANU drops them from its candidates: :func:`candidate_sites`).
 
     An MLP is a module with ``gate_proj``/``up_proj``/``down_proj`` children or ``fc1``/``fc2`` children. Its
     tower is ``"vision"`` when a component of its path mentions vision/visual, else ``"language"``; its layer is

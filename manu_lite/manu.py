@@ -16,7 +16,7 @@ import torch
 
 from .config import RENDERINGS, ManuConfig
 from .finetune import training_items
-from .hooks import find_sites
+from .hooks import candidate_sites, unused_sites
 from .importance import DATASETS, select, selection_summary
 from .stats import collect_stats
 from .models import PromptAdapter, iter_batches, prompt_adapter_for
@@ -30,6 +30,7 @@ class ManuReport:
     selection:       :func:`~manu_lite.importance.selection_summary` of the mask.
     tokens:          tokens counted per ``"dataset/rendering"`` (by a language site when there is one).
     timings:         seconds for ``statistics`` and ``selection``.
+    excluded_sites:  sites left out because the model never uses their output (site → reason).
     stats_bytes:     bytes held by all streamed statistics (independent of the data size).
     peak_cuda_bytes: peak CUDA memory of the run, ``None`` on CPU.
     stats:           the statistics themselves, ``{(dataset, rendering): StatsTable}`` (not in :meth:`to_dict`).
@@ -41,6 +42,7 @@ class ManuReport:
     timings: dict
     stats_bytes: int
     peak_cuda_bytes: int | None
+    excluded_sites: dict = field(default_factory=dict)
     stats: dict = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -69,7 +71,12 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
     if not forget or not retain:
         raise ValueError(f"need forget and retain records, got {len(forget)} and {len(retain)}")
     adapter = adapter or prompt_adapter_for(processor)
-    sites = find_sites(model, config.towers)
+    # Sites whose output never reaches the language model (LLaVA's vision layers after vision_feature_layer) are
+    # no candidates: not scored, not counted in alpha; the report lists them with the reason.
+    excluded = unused_sites(model, config.towers)
+    sites = candidate_sites(model, config.towers)
+    if not sites:
+        raise ValueError(f"no candidate site in towers {config.towers}: all are unused ({sorted(excluded)})")
     if config.prune_mode != "activation":
         problems = uneditable_sites(sites)
         if problems:
@@ -104,6 +111,7 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
         timings={"statistics": collected - start, "selection": time.perf_counter() - collected},
         stats_bytes=sum(t.nbytes for table in stats.values() for s in table.values() for t in s.tensors().values()),
         peak_cuda_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        excluded_sites=excluded,
         stats=stats,
     )
     return mask, report

@@ -392,3 +392,26 @@ def test_merge_is_associative_and_commutative(data, cuts, order_seed):
         assert torch.equal(merged.count_above, whole.count_above)
         for field in ("sum_abs", "sum", "sum_sq", "m2"):
             assert close(getattr(merged, field), getattr(whole, field), rtol=1e-5, atol=1e-4)
+
+
+# ---- sites the model never uses ----------------------------------------------------------------------------
+def test_unused_vision_layers_are_no_candidates(llava):
+    """LLaVA with vision_feature_layer=-2 (as LLaVA-1.5): the last CLIP layer's output never reaches the LM."""
+    from manu_lite.hooks import candidate_sites, unused_layers, unused_sites
+
+    model, _ = llava
+    assert model.config.vision_feature_layer == -2 and model.config.vision_config.num_hidden_layers == 2
+    # hidden_states[-2] = hidden_states[1] = the output of layer 0: layer 1 runs for nothing.
+    assert list(unused_layers(model)) == [1]
+    unused = unused_sites(model)
+    assert list(unused) == ["vision.1.fc2"] and "vision_feature_layer=-2" in unused["vision.1.fc2"]
+    assert [s.name for s in candidate_sites(model)] == ["language.0.down_proj", "language.1.down_proj",
+                                                        "vision.0.fc2"]
+    assert unused_sites(model, ("language",)) == {}
+    model.config.vision_feature_layer = -1
+    try:
+        assert unused_layers(model) == {}
+        model.config.vision_feature_layer = [0, 1]  # a list: used up to its largest, hidden_states[1]
+        assert list(unused_layers(model)) == [1]
+    finally:
+        model.config.vision_feature_layer = -2

@@ -11,14 +11,19 @@ from manu_lite.manu import manu_unlearn
 from manu_lite.models import answer_nll, iter_batches
 
 
-@pytest.mark.parametrize("formulation", ["balanced", "paper"])
+# "paper" (the equations as written) is not asserted to be selective: on the small world it is not (its S_n is a
+# ratio of modality contrasts, not of forget vs retain magnitudes); benchmarks/method_table.py measures it.
+@pytest.mark.parametrize("formulation", ["balanced", "reference"])
 def test_manu_unlearn_selects_exactly_and_hits_forget_harder(small_world, small_vanilla, formulation):
     model, processor, adapter = small_vanilla
     config = ManuConfig(formulation=formulation, alpha=10, scope="tower", towers=("language",))
     mask, report = manu_unlearn(model, processor, small_world.forget_train, small_world.retain_train, config,
                                 adapter=adapter, progress=False)
     language = report.selection["per_tower"]["language"]
-    assert language["selected"] == n_selected(10, language["of"]) == len(mask)
+    if formulation == "reference":  # the released code's rule: k = int(p/100 n), ties at the threshold all kept
+        assert language["selected"] >= int(10 / 100 * language["of"]) and language["selected"] == len(mask)
+    else:
+        assert language["selected"] == n_selected(10, language["of"]) == len(mask)
     assert set(report.tokens) == {"forget/image_text", "forget/text_only", "retain/image_text", "retain/text_only"}
     assert all(n > 0 for n in report.tokens.values())
     json.dumps(report.to_dict())  # the report is JSON-ready
