@@ -4,19 +4,52 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
+
+
+def _create_temp(path: Path) -> tuple[str, int]:
+    """Create an empty, unique temporary file beside ``path`` with the mode a plain ``open(path, "w")`` gives;
+    return its name and that mode.
+
+    ``tempfile.mkstemp`` creates its file with mode 0600 whatever the umask, and writers that open an existing
+    file (pyarrow, matplotlib, ``Path.write_text``) keep that mode, so every artifact came out readable by its
+    owner only. Here the file is created with ``0o666`` and the kernel applies the umask (and a directory's
+    default ACL), exactly as for a normal write: 0644 under umask 022, 0600 under 077.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return str(tmp), stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"could not create a temporary file beside {path} (100 names taken); delete the stale "
+                          f".{path.name}.*.tmp files there")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The artifact is complete or absent, never half-written: a block that raises leaves ``path`` as it was (absent,
+    or its previous content) and removes the temporary file. The file gets the permissions of a normal write
+    (``0o666`` less the umask), not ``mkstemp``'s owner-only 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, mode = _create_temp(path)
     try:
         yield tmp
+        # Some writers replace the file they are given with their own (safetensors writes 0600): put the mode of
+        # a normal write back before the rename.
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
