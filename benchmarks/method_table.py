@@ -10,6 +10,10 @@ layers) at p = 2 (the code's default) and p = 10 (its README). The JSON of every
 
     python benchmarks/method_table.py                        # 3 splits x (3 methods x 5 alphas + 2 emulations)
     python benchmarks/method_table.py --splits forget_10 --alphas 10   # one quick point
+    # the same, one process per split (small models use threads poorly), then merged:
+    for s in forget_5 forget_10 forget_15; do
+        python benchmarks/method_table.py --threads 1 --splits $s --out runs/method_table_$s.json & done; wait
+    python benchmarks/method_table.py --merge runs/method_table_forget_*.json
 """
 from __future__ import annotations
 
@@ -64,7 +68,12 @@ def main() -> None:
     parser.add_argument("--retain-people", type=int, default=10, help="seeded retain subsample (None = all)")
     parser.add_argument("--out", default="runs/method_table.json")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="only merge the JSON of several runs (e.g. one per split, run in parallel) and print")
     args = parser.parse_args()
+    if args.merge:
+        print(table(merge([json.loads(Path(p).read_text()) for p in args.merge])))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     towers = tuple(args.towers.split(","))
@@ -119,6 +128,14 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))  # after every split: partial runs are usable
         print(table(results), flush=True)
+
+
+def merge(runs: list[dict]) -> dict:
+    """One result from runs over different splits (same grid): per-split lists concatenated."""
+    out = {**runs[0], "splits": [s for r in runs for s in r["splits"]]}
+    for field in ("drops", "jaccard", "selected"):
+        out[field] = {k: [v for r in runs for v in r[field].get(k, [])] for k in runs[0][field]}
+    return out
 
 
 def table(results: dict) -> str:

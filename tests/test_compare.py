@@ -69,14 +69,15 @@ def test_compare_end_to_end(small_world, small_vanilla, tmp_path):
 
     assert all(torch.equal(a, b) for a, b in zip(snapshot, vanilla.parameters()))  # every method ran on a copy
     methods = {r["method"] for r in result.results}
-    assert methods == {"Vanilla", "GA", "GradDiff", "KL", "NPO", "MANU-paper", "MANU-reference"}
+    assert methods == {"Vanilla", "GA", "GradDiff", "KL", "NPO", "MANU-paper", "MANU-reference",
+                       "MANU-balanced"}
     out = tmp_path / "run"
     records = json.loads((out / "results.json").read_text())
     assert set(records[0]) == {"method", "set", "rendering", "task", "metric", "value", "n"}
-    assert len(records) == 7 * 4 * 2 * 1  # methods × sets × renderings × tasks
+    assert len(records) == 8 * 4 * 2 * 1  # methods × sets × renderings × tasks
     table = (out / "table.csv").read_text().splitlines()
     assert table[0].startswith("method,forget cloze img+txt,forget cloze text,test cloze") and "peak MB" in table[0]
-    assert len(table) == 8
+    assert len(table) == 9
     assert "| MANU-paper" in (out / "table.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"]["Vanilla"]["drops"]["forget"]["image_text"] == 0
