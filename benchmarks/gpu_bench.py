@@ -34,7 +34,7 @@ import time
 import torch
 
 from manu_lite.hooks import find_sites, record_neurons
-from manu_lite.importance import collect_stats
+from manu_lite.stats import collect_stats
 from manu_lite.models import TinySpec
 
 # LLaVA-1.5-7B: Vicuna-7B (Llama) text and CLIP ViT-L/14 at 336 px.
@@ -45,9 +45,12 @@ SMALL = TinySpec()
 IMAGE_OFFSET = 64
 
 
-def build_llava(spec: TinySpec, dtype: torch.dtype, device: torch.device):
+def build_llava(spec: TinySpec, dtype: torch.dtype, device: torch.device, image_token_index: int | None = None):
     """A random-init ``LlavaForConditionalGeneration`` of ``spec``'s shapes, built on ``device`` in ``dtype``
-    (no CPU copy of the weights is ever made: a 7B model initialises on the GPU in seconds)."""
+    (no CPU copy of the weights is ever made: a 7B model initialises on the GPU in seconds).
+
+    ``image_token_index``: the ``<image>`` id (default ``vocab_size - IMAGE_OFFSET``, as :func:`make_batches`
+    writes it; pass a tokenizer's id to feed the model processor-encoded batches)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     text = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
@@ -56,7 +59,9 @@ def build_llava(spec: TinySpec, dtype: torch.dtype, device: torch.device):
     vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
                               num_hidden_layers=spec.vision_layers, num_attention_heads=max(2, spec.vision_hidden // 64),
                               image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=768)
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=spec.vocab_size - IMAGE_OFFSET,
+    if image_token_index is None:
+        image_token_index = spec.vocab_size - IMAGE_OFFSET
+    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=image_token_index,
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
                          image_seq_length=(spec.image_size // spec.patch_size) ** 2)
     previous = torch.get_default_dtype()
@@ -69,11 +74,13 @@ def build_llava(spec: TinySpec, dtype: torch.dtype, device: torch.device):
     return model.eval()
 
 
-def make_batches(spec: TinySpec, n: int, batch_size: int, text_len: int, answer_len: int, dtype, device, seed=0):
+def make_batches(spec: TinySpec, n: int, batch_size: int, text_len: int, answer_len: int, dtype, device, seed=0,
+                 image: bool = True):
     """``n`` batches: input_ids/attention_mask/labels ``[B, T]`` with T = 1 + text_len + image tokens +
-    answer_len (the image tokens after a third of the text), pixel_values ``[B, 3, image, image]``."""
+    answer_len (the image tokens after a third of the text), pixel_values ``[B, 3, image, image]``.
+    ``image=False``: the text-only rendering, no image tokens and no pixel_values (T = 1 + text_len + answer_len)."""
     g = torch.Generator().manual_seed(seed)
-    n_image = (spec.image_size // spec.patch_size) ** 2
+    n_image = (spec.image_size // spec.patch_size) ** 2 if image else 0
     length = 1 + text_len + n_image + answer_len
     before = text_len // 3
     batches = []
@@ -83,8 +90,9 @@ def make_batches(spec: TinySpec, n: int, batch_size: int, text_len: int, answer_
         ids[:, 1 + before:1 + before + n_image] = spec.vocab_size - IMAGE_OFFSET
         labels = torch.full_like(ids, -100)
         labels[:, -answer_len:] = ids[:, -answer_len:]
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-                 "pixel_values": torch.randn(batch_size, 3, spec.image_size, spec.image_size, generator=g).to(dtype)}
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if image:
+            batch["pixel_values"] = torch.randn(batch_size, 3, spec.image_size, spec.image_size, generator=g).to(dtype)
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
 
@@ -103,6 +111,33 @@ class Clock:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
+
+def interleaved_pairs(run_plain, run_hooked, items, repeats: int, clock) -> list[tuple]:
+    """Time ``(run_plain(item), run_hooked(item))`` pairs: every item of ``items``, ``repeats`` times, the order
+    inside a pair alternating (by repeat and item, so each item is timed in both orders). Pairing at the item
+    level keeps bursts of load on a shared machine from landing on one side only. ``clock(fn)`` times one call
+    (it may return a number or a tuple of them). Returns ``[(plain, hooked), ...]``."""
+    pairs = []
+    for repeat in range(repeats):
+        for i, item in enumerate(items):
+            if (repeat + i) % 2:
+                hooked = clock(lambda: run_hooked(item))
+                plain = clock(lambda: run_plain(item))
+            else:
+                plain = clock(lambda: run_plain(item))
+                hooked = clock(lambda: run_hooked(item))
+            pairs.append((plain, hooked))
+    return pairs
+
+
+def quartiles(values) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile) of ``values`` (all three equal for a single value)."""
+    values = list(values)
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, statistics.median(values), q3
 
 
 @contextlib.contextmanager
@@ -129,12 +164,13 @@ def plain_pass(model, batches) -> None:
         model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
 
 
-def naive_collect(model, sites, batches) -> tuple[list[torch.Tensor], bool]:
+def naive_collect(model, sites, batches) -> tuple[list[tuple[str, torch.Tensor]], bool]:
     """The store-everything collector: every site's activations of every batch, kept on their device in the
-    model dtype. Returns (stored tensors, whether it ran out of memory)."""
-    stored: list[torch.Tensor] = []
+    model dtype. Returns ([(site name, stored tensor), ...], whether it ran out of memory)."""
+    stored: list[tuple[str, torch.Tensor]] = []
     try:
-        with record_neurons(model, sites, lambda site, acts: stored.append(acts.detach().clone())), torch.no_grad():
+        with record_neurons(model, sites, lambda site, acts: stored.append((site.name, acts.detach().clone()))), \
+                torch.no_grad():
             plain_pass(model, batches)
     except torch.OutOfMemoryError:
         return stored, True
@@ -163,18 +199,11 @@ def run(args) -> dict:
     plain_pass(model, batches[:1])
     collect_stats(model, batches[:1], sites, progress=False)
 
-    ratios, plain_times, hooked_times = [], [], []
-    for repeat in range(args.repeats):
-        for i, batch in enumerate(batches):
-            run_plain = lambda: plain_pass(model, [batch])  # noqa: E731
-            run_hooked = lambda: collect_stats(model, [batch], sites, progress=False)  # noqa: E731
-            if (repeat + i) % 2:
-                t_hooked, t_plain = clock(run_hooked), clock(run_plain)
-            else:
-                t_plain, t_hooked = clock(run_plain), clock(run_hooked)
-            ratios.append(t_hooked / t_plain)
-            plain_times.append(t_plain)
-            hooked_times.append(t_hooked)
+    pairs = interleaved_pairs(lambda batch: plain_pass(model, [batch]),
+                              lambda batch: collect_stats(model, [batch], sites, progress=False),
+                              batches, args.repeats, clock)
+    ratios = [hooked / plain for plain, hooked in pairs]
+    plain_times, hooked_times = zip(*pairs)
 
     memory: dict = {}
     with peak_memory(device, memory, "peak_bytes_plain"):
@@ -185,11 +214,11 @@ def run(args) -> dict:
     ours_held = sum(t.nbytes for s in table.values() for t in s.tensors().values())
     with peak_memory(device, memory, "peak_bytes_naive"):
         stored, naive_oom = naive_collect(model, sites, batches)
-    naive_held = sum(t.nbytes for t in stored)
+    naive_held = sum(t.nbytes for _, t in stored)
     del stored
 
     samples = args.batches * args.batch_size
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    q1, median, q3 = quartiles(ratios)
     result = {
         "shapes": "small" if args.small else "llava-1.5-7b",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -201,8 +230,8 @@ def run(args) -> dict:
         "seq_len": batches[0]["input_ids"].shape[1],
         "batches": args.batches,
         "repeats": args.repeats,
-        "overhead_ratio": round(statistics.median(ratios), 4),
-        "overhead_quartiles": [round(quartiles[0], 4), round(quartiles[2], 4)],
+        "overhead_ratio": round(median, 4),
+        "overhead_quartiles": [round(q1, 4), round(q3, 4)],
         "plain_s_per_batch": round(statistics.median(plain_times), 5),
         "stats_s_per_batch": round(statistics.median(hooked_times), 5),
         "throughput_plain_samples_per_s": round(samples / t_plain_pass, 3),

@@ -40,8 +40,11 @@ def test_small_mode_prints_one_sane_json_line(gpu_bench, capsys):
     assert 0 < q1 <= result["overhead_ratio"] <= q3 and math.isfinite(q3)
     assert result["throughput_plain_samples_per_s"] > 0 and result["throughput_stats_samples_per_s"] > 0
     assert result["peak_bytes_plain"] is None and result["peak_bytes_naive"] is None  # CUDA only
-    # Ours: per site a float64 count and four float64 vectors, whatever the data.
-    assert result["ours_held_bytes"] == sum(8 * (1 + 4 * w) for w in (256, 256, 128, 128))
+    # Ours: per site NeuronStats' float64 count and vectors, whatever the data.
+    from manu_lite.stats import NeuronStats
+
+    site_bytes = lambda w: sum(t.nbytes for t in NeuronStats.zeros(w, 0.1).tensors().values())  # noqa: E731
+    assert result["ours_held_bytes"] == sum(site_bytes(w) for w in (256, 256, 128, 128))
     # Naive: every position of every batch at every site, float32 (CLIP keeps its class token: 17 positions).
     naive = batches * size * 4 * (2 * seq * 256 + 2 * 17 * 128)
     assert result["naive_held_bytes"] == naive and not result["naive_oom"]
@@ -53,3 +56,21 @@ def test_small_mode_prints_one_sane_json_line(gpu_bench, capsys):
 def test_gpu_mode_without_gpu_says_so(gpu_bench):
     with pytest.raises(SystemExit, match="no CUDA GPU visible: run with --small"):
         gpu_bench.main(["--batches", "1"])
+
+
+def test_plain_pass_calls_the_model_exactly_as_collect_stats_does(gpu_bench):
+    """The hooked/plain ratio of every benchmark (gpu_bench, bench_hooks, bench_scale) compares like with like:
+    the plain pass sends the model the same keyword arguments as the statistics pass, ``use_cache=False``
+    included (a KV cache on one side only would bias the ratio)."""
+    from manu_lite.stats import collect_stats
+
+    model = gpu_bench.build_llava(gpu_bench.SMALL, torch.float32, torch.device("cpu"))
+    batch = gpu_bench.make_batches(gpu_bench.SMALL, 1, 2, 8, 4, torch.float32, torch.device("cpu"))[0]
+    calls = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
+    gpu_bench.plain_pass(model, [batch])
+    collect_stats(model, [batch], progress=False)
+    (plain_args, plain), (stats_args, stats) = calls
+    assert plain_args == stats_args == ()
+    assert sorted(plain) == sorted(stats) and plain["use_cache"] is stats["use_cache"] is False
+    assert all(torch.equal(plain[k], stats[k]) for k in plain if isinstance(plain[k], torch.Tensor))
