@@ -150,7 +150,14 @@ class ManuConfig:
 class EvalConfig:
     """How to evaluate.
 
-    mc_protocol:  ``"likelihood"`` or ``"mllmu"`` (see the module docstring).
+    mc_protocol:  ``"mllmu"`` (the benchmark's own protocol for every task, see book/benchmark_protocol.md),
+                  or for multiple choice only ``"likelihood"`` (option text, summed log-prob; length-biased),
+                  ``"likelihood_norm"`` (per-character normalised, acc_norm) or ``"likelihood_letter"``
+                  (options shown, the letter's log-prob).
+    on_overflow:  under ``"mllmu"``, when few-shot examples overflow the context: ``"drop"`` them (counted in
+                  ``Results.meta["dropped_shots"]``) or ``"raise"``.
+    gate_mc, gate_rouge: the memorization gate: a vanilla run whose forget MC accuracy or ROUGE-L falls below
+                  these is flagged (``Results.meta["memorization"]``).
     few_shot:     profiles whose questions serve as in-context examples for ``"mllmu"`` (the benchmark uses 1).
                   They are drawn, seeded, from the retain people; the benchmark drew them from every profile,
                   the forget people included.
@@ -160,6 +167,9 @@ class EvalConfig:
 
     mc_protocol: str = "likelihood"
     few_shot: int = 1
+    on_overflow: str = "drop"
+    gate_mc: float = 0.8
+    gate_rouge: float = 0.5
     instructions: bool = True
     max_new_tokens: int = 48
     batch_size: int = 32
@@ -168,8 +178,11 @@ class EvalConfig:
     tasks: tuple[str, ...] = TASKS
 
     def __post_init__(self):
-        if self.mc_protocol not in ("likelihood", "mllmu"):
-            raise ValueError(f"unknown mc_protocol {self.mc_protocol!r}; use 'likelihood' or 'mllmu'")
+        protocols = ("mllmu", "likelihood", "likelihood_norm", "likelihood_letter")
+        if self.mc_protocol not in protocols:
+            raise ValueError(f"unknown mc_protocol {self.mc_protocol!r}; use one of {protocols}")
+        if self.on_overflow not in ("drop", "raise"):
+            raise ValueError(f"unknown on_overflow {self.on_overflow!r}; use 'drop' or 'raise'")
         for name, values, allowed in (("set", self.sets, SETS), ("task", self.tasks, TASKS)):
             unknown = set(values) - set(allowed)
             if unknown:
@@ -199,10 +212,11 @@ TINY_CELEBRITIES = 10
 # The tiny model was trained on bare questions, so prompts carry no task instructions; answers are short.
 TINY_EVAL = EvalConfig(instructions=False, max_new_tokens=24, batch_size=64)
 # MANU as the demo runs it: the book's modality-balanced method ("balanced", neither the paper's equations nor the
-# released code), recall positions, language MLPs only, alpha 30 (benchmarks/manu_demo_seeds.py, seeds 0-2: forget
-# ROUGE-L -10.6 image+text / -10.1 text-only, retain and celebrity within 5 points; vision neurons cost celebrity
-# image+text accuracy without adding forget selectivity). benchmarks/method_table.py compares it with "paper" and
-# "reference" over three seeds.
+# released code), recall positions, language MLPs only, alpha 30. benchmarks/method_table.py (three forget splits,
+# language tower): balanced is the only one of the three that forgets in both renderings (forget cloze +20.7
+# image+text / +11.2 text-only, ROUGE-L +5.4 / +1.7; retain cloze +6.0 / +2.5, ROUGE-L +3.8 / +0.5); reference
+# forgets on image+text only; paper does not forget selectively. All three cost celebrity image+text cloze 22-28
+# points at alpha 30 (book/paper_vs_code.md, "The three methods measured").
 TINY_MANU = ManuConfig(formulation="balanced", alpha=30.0, towers=("language",))
 
 PROFILES: dict[str, Profile] = {
