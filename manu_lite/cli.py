@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a model on forget/test/retain/celebrity")
     _world_args(evaluate)
     evaluate.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path")
-    evaluate.add_argument("--protocol", default="likelihood", choices=["likelihood", "mllmu"])
+    evaluate.add_argument("--protocol", default="likelihood", choices=["likelihood", "likelihood_norm", "likelihood_letter", "mllmu"])
     evaluate.add_argument("--few-shot", type=int, default=1)
     unlearn = commands.add_parser("unlearn", help="MANU: score neurons on forget vs retain, prune, evaluate")
     _world_args(unlearn)
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = workflow.demo(world, args, run)
     print(workflow.format_table(results))
+    for line in getattr(results, "flag_lines", lambda: [])():
+        print(f"WARNING: {line}")
     print(f"\nwrote {Path(args.out) / 'results.json'} in {time.perf_counter() - started:.0f} s")
     return 0
 

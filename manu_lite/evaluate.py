@@ -16,6 +16,7 @@ Every record has the keys ``method, set, rendering, task, metric, value, n`` wit
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 import torch
@@ -24,10 +25,13 @@ from tqdm.auto import tqdm
 from .artifacts import write_json
 from .bench import OPTION_LETTERS, MCQuestion, World
 from .config import RENDERINGS, EvalConfig
-from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_context, collate, encode_item, model_device,
+from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_context, collate, context_length, encode_item,
+                     model_device,
                      to_device)
 
-METRIC = {"mc": "accuracy", "generation": "rougeL", "cloze": "accuracy"}
+METRIC = {"mc": "accuracy", "generation": "rougeL", "cloze": "accuracy", "generation_rouge1": "rouge1",
+          "generation_rouge2": "rouge2"}
+LIKELIHOOD_PROTOCOLS = ("likelihood", "likelihood_norm", "likelihood_letter")
 MC_INSTRUCTION = "Just give ONE letter representing the answer directly."
 GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
@@ -57,6 +61,98 @@ def first_letter(response: str, options: dict[str, str]) -> str | None:
     stripped = response.strip()
     letter = stripped[:1].upper()
     return letter if letter in options else None
+
+
+# ------------------------------------------------------------------ the benchmark's protocol, rule by rule
+# Every string below is transcribed from MLLMU-Bench eval.py (franciscoliu/MLLMU-Bench, commit 0e3098e); the
+# comment on each rule names the function and lines. Nothing here depends on a model.
+MLLMU_NEW_TOKENS = 50  # eval.py:367,372,428,615,622,743,754 (5 only for Idefics2 text-only MC, :423)
+MLLMU_GENERATION_INSTRUCTION_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
+MLLMU_MC_FEW_SHOT_SETS = ("forget", "retain", "test")  # eval.py:344,398 mode in forget/retain_shared/test
+MLLMU_CLOZE_FEW_SHOT_SETS = ("forget", "retain", "test", "celebrity")  # eval.py:596 (+retain_celebrity)
+MLLMU_FEW_SHOT_PROFILES = {"mc": 1, "cloze": 2}  # eval.py:263-265 (1 profile); :501-503 (LLaVA: 2 profiles)
+
+
+def mllmu_options(question: str, options: dict[str, str]) -> str:
+    """eval.py:113-127 formulate_prompt_with_options: the question, then one ``{key}: {value}`` line per option."""
+    return question + "\n" + "\n".join(f"{key}: {value}" for key, value in options.items())
+
+
+def mllmu_mc_prompt(question: str, options: dict[str, str], rendering: str) -> str:
+    """eval.py:359-361 (image+text, ``USER: <image>\\n``) and :413-415 (text-only, ``USER:\\n``); no space after
+    ``ASSISTANT:``."""
+    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
+    return f"{head}{mllmu_options(question, options)}\n{MC_INSTRUCTION}\nASSISTANT:"
+
+
+def mllmu_mc_shot(question: str, options: dict[str, str], answer: str, rendering: str) -> str:
+    """One in-context MC example, eval.py:349-356 (image+text) / :403-410 (text-only): ``Question: …``, the four
+    options, ``Correct Answer: X``; no instruction and no ``ASSISTANT``."""
+    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
+    lines = "".join(f"{letter}: {options[letter]}\n" for letter in OPTION_LETTERS)
+    return f"{head}Question: {question}\n{lines}Correct Answer: {answer}\n"
+
+
+def mllmu_cloze_question(question: str) -> str:
+    """eval.py:578 (and :533,:544 for the shots): ``__`` becomes ``[Blank]``, then the instruction on its own line."""
+    return question.replace("__", "[Blank]") + "\n" + CLOZE_INSTRUCTION
+
+
+def mllmu_cloze_prompt(question: str, rendering: str) -> str:
+    """eval.py:606-608: ``USER: <image>\\n{q}\\nASSISTANT:`` / ``USER:\\n{q}\\nASSISTANT:`` (q already with the
+    instruction, :func:`mllmu_cloze_question`)."""
+    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
+    return f"{head}{mllmu_cloze_question(question)}\nASSISTANT:"
+
+
+def mllmu_cloze_shot(question: str, answer: str, rendering: str) -> str:
+    """eval.py:599-600 (image+text: ``USER:<image>`` with no space) / :603-604 (text-only)."""
+    head = "USER:<image>\n" if rendering == "image_text" else "USER:\n"
+    return f"{head}{mllmu_cloze_question(question)}\nCorrect Answer: {answer}\n"
+
+
+def mllmu_generation_prompt(question: str, rendering: str) -> str:
+    """eval.py:731 (image+text, ends ``ASSISTANT: `` with a trailing space) and :751 (text-only: ``USER: `` with a
+    space, no ``accurately``, no trailing space). No few-shot examples."""
+    if rendering == "image_text":
+        return f"USER: <image>\n{question}\n{GENERATION_INSTRUCTION}\nASSISTANT: "
+    return f"USER: {question}\n{MLLMU_GENERATION_INSTRUCTION_TEXT}\nASSISTANT:"
+
+
+def mllmu_response(generated: str) -> str:
+    """eval.py:375,431,626-631,758-763: the text after the first ``ASSISTANT:`` (here: the generated continuation,
+    cut at any ``ASSISTANT:`` it contains), stripped."""
+    return generated.split("ASSISTANT:")[0].strip() if "ASSISTANT:" in generated else generated.strip()
+
+
+def mllmu_letter(response: str, options: dict[str, str]) -> str | None:
+    """eval.py:376,432: the first character of the stripped response, upper-cased, if it is an option key."""
+    return response[0].upper() if response and response[0].upper() in options else None
+
+
+def mllmu_rouge(reference: str, prediction: str) -> dict[str, float]:
+    """eval.py:680,782: ROUGE-1, ROUGE-2 and ROUGE-L F-measures with Porter stemming (``rouge-score``)."""
+    global _SCORER3
+    if _SCORER3 is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER3 = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = _SCORER3.score(reference, prediction)
+    return {name: scores[name].fmeasure for name in ("rouge1", "rouge2", "rougeL")}
+
+
+_SCORER3 = None
+
+
+def mllmu_few_shot_ids(scored_ids: list[str], task: str, rng: random.Random) -> list[str]:
+    """eval.py:262-265 (MC) and :500-503 (cloze): ``random.sample`` of 1 (MC) or 2 (cloze) IDs from the set being
+    scored; here from a seeded generator."""
+    return rng.sample(list(scored_ids), min(MLLMU_FEW_SHOT_PROFILES[task], len(scored_ids)))
+
+
+def mllmu_test_image_index(n_images: int, rng: random.Random) -> int:
+    """eval.py:324-325,573-574,717-718: one of the Test_Set row's ``images`` per row and per task (here seeded)."""
+    return rng.randrange(n_images)
 
 
 # ----------------------------------------------------------------------------------------- model calls
@@ -141,15 +237,8 @@ def evaluate_set(model, processor, adapter: PromptAdapter, records, set_name: st
 
     if "mc" in config.tasks:
         questions = [(r, q) for r in records for q in r.mc.get(rendering, [])]
-        if config.mc_protocol == "likelihood":
-            items = [item(r, q.question, q.options[letter]) for r, q in questions for letter in OPTION_LETTERS
-                     if letter in q.options]
-            scores = iter(option_logprobs(model, processor, adapter, items, config.batch_size))
-            predictions = []
-            for _, q in questions:
-                letters = [letter for letter in OPTION_LETTERS if letter in q.options]
-                option_scores = [next(scores) for _ in letters]
-                predictions.append(letters[max(range(len(letters)), key=option_scores.__getitem__)])
+        if config.mc_protocol in LIKELIHOOD_PROTOCOLS:
+            predictions = _likelihood_predictions(model, processor, adapter, questions, rendering, images, config)
         else:
             shots = rng.sample(list(few_shot_pool), min(config.few_shot, len(few_shot_pool))) if config.few_shot else []
             prefix, prefix_images = _few_shot_prefix(shots, rendering, adapter)
@@ -178,6 +267,146 @@ def evaluate_set(model, processor, adapter: PromptAdapter, records, set_name: st
     return results
 
 
+class _Verbatim:
+    """A prompt adapter that passes the benchmark's full prompt string through unchanged."""
+
+    family = "llava"
+    answer_prefix = " "
+
+    def prompt(self, question: str, rendering: str) -> str:
+        return question
+
+
+def _prompt_length(processor, item: Item) -> int:
+    return encode_item(processor, _Verbatim(), item, add_eos=False)["input_ids"].shape[1]
+
+
+def _fit_shots(model, processor, items: list[Item], shots: list[tuple[str, object]], config: EvalConfig,
+               new_tokens: int) -> tuple[int, int]:
+    """How many of ``shots`` (text, image-or-None) fit before every prompt of ``items``: (kept, dropped).
+
+    Shots are dropped from the end until the longest prompt plus ``new_tokens`` fits the model's context; with
+    ``config.on_overflow == "raise"`` an overflow raises instead.
+    """
+    limit = context_length(model)
+    if limit is None or not items or not shots:
+        return len(shots), 0
+    longest = max(items, key=lambda it: len(it.question))
+    for kept in range(len(shots), -1, -1):
+        probe = Item(longest.question, longest.rendering, longest.image, None,
+                     "".join(text for text, _ in shots[:kept]),
+                     tuple(image for _, image in shots[:kept] if image is not None))
+        if _prompt_length(processor, probe) + new_tokens <= limit:
+            if kept < len(shots) and config.on_overflow == "raise":
+                raise ValueError(f"{len(shots)} few-shot examples overflow the model's context of {limit} tokens "
+                                 f"(only {kept} fit); set EvalConfig.on_overflow='drop' to drop shots")
+            return kept, len(shots) - kept
+    raise ValueError(f"a prompt without few-shot examples exceeds the model's context of {limit} tokens")
+
+
+def evaluate_set_mllmu(model, processor, records, set_name: str, rendering: str, config: EvalConfig,
+                       full_set: dict, meta: dict) -> dict[str, dict]:
+    """One set × rendering under the benchmark's protocol (module section "the benchmark's protocol").
+
+    ``full_set`` maps ID → record of every fictitious profile (the benchmark's ``--few_shot_data`` Full_Set).
+    ``meta`` receives the draws, the dropped shots and the prompts (for a hash).
+    """
+    results = {}
+    ids = [r.id for r in records]
+    for task in config.tasks:
+        rng = random.Random(f"mllmu-{config.seed}-{set_name}-{task}")
+        # Draw order as in eval.py: few-shot IDs first, then one Test_Set image per row.
+        draw_task = "cloze" if task == "cloze" else "mc"
+        shot_ids = mllmu_few_shot_ids(ids, draw_task, rng) if task in ("mc", "cloze") else []
+        image_index = {r.id: mllmu_test_image_index(len(r.images), rng)
+                       for r in records if set_name == "test" and r.images}
+        key = f"{set_name}/{rendering}/{task}"
+        meta["draws"][key] = {"few_shot_ids": shot_ids, "test_image_index": image_index}
+
+        def image_of(record):
+            if rendering != "image_text":
+                return None
+            return record.images[image_index[record.id]] if record.id in image_index else record.image
+
+        found = [full_set[i] for i in shot_ids if i in full_set]
+        excluded = {r.id for r in found}  # eval.py:334,389,588-592: the shot profiles' questions are not scored
+        scored = [r for r in records if r.id not in excluded]
+        if task == "mc":
+            use = set_name in MLLMU_MC_FEW_SHOT_SETS
+            shots = [(mllmu_mc_shot(q.question, q.options, q.answer, rendering),
+                      r.image if rendering == "image_text" else None)
+                     for r in found for q in r.mc.get(rendering, [])] if use else []
+            questions = [(r, q) for r in scored for q in r.mc.get(rendering, [])]
+            texts = [mllmu_mc_prompt(q.question, q.options, rendering) for _, q in questions]
+        elif task == "cloze":
+            use = set_name in MLLMU_CLOZE_FEW_SHOT_SETS
+            shots = [(mllmu_cloze_shot(q.question, q.answer, rendering),
+                      r.image if rendering == "image_text" else None)
+                     for r in found for q in r.cloze.get(rendering, [])] if use else []
+            questions = [(r, q) for r in scored for q in r.cloze.get(rendering, [])]
+            texts = [mllmu_cloze_prompt(q.question, rendering) for _, q in questions]
+        else:
+            shots = []
+            questions = [(r, q) for r in records for q in r.generation.get(rendering, [])]
+            texts = [mllmu_generation_prompt(q.question, rendering) for _, q in questions]
+        items = [Item(t, rendering, image_of(r)) for t, (r, _) in zip(texts, questions)]
+        kept, dropped = _fit_shots(model, processor, items, shots, config, MLLMU_NEW_TOKENS)
+        prefix = "".join(text for text, _ in shots[:kept])
+        prefix_images = tuple(image for _, image in shots[:kept] if image is not None)
+        items = [Item(it.question, rendering, it.image, None, prefix, prefix_images) for it in items]
+        meta["dropped_shots"][key] = {"drawn": len(shots), "kept": kept, "dropped": dropped}
+        meta["prompts"].extend(prefix + it.question for it in items)
+        gen_config = EvalConfig(**{**config.__dict__, "max_new_tokens": MLLMU_NEW_TOKENS})
+        responses = [mllmu_response(t) for t in generate(model, processor, _Verbatim(), items, gen_config)]
+        if task == "mc":
+            predictions = [mllmu_letter(t, q.options) for t, (_, q) in zip(responses, questions)]
+            values = [p == q.answer for p, (_, q) in zip(predictions, questions)]
+            results["mc"] = _summary(values, [{"id": r.id, "question": q.question, "answer": q.answer,
+                                               "prediction": p, "response": t}
+                                              for p, t, (r, q) in zip(predictions, responses, questions)])
+        elif task == "cloze":
+            values = [cloze_correct(q.answer, t) for t, (_, q) in zip(responses, questions)]
+            results["cloze"] = _summary(values, [{"id": r.id, "question": q.question, "answer": q.answer,
+                                                  "response": t} for t, (r, q) in zip(responses, questions)])
+        else:
+            rouges = [mllmu_rouge(q.answer, t) for t, (_, q) in zip(responses, questions)]
+            results["generation"] = _summary([s["rougeL"] for s in rouges],
+                                             [{"id": r.id, "question": q.question, "answer": q.answer,
+                                               "response": t, **s} for t, s, (r, q) in zip(responses, rouges,
+                                                                                           questions)])
+            for name in ("rouge1", "rouge2"):
+                results[f"generation_{name}"] = _summary([s[name] for s in rouges], [])
+    return results
+
+
+def _likelihood_predictions(model, processor, adapter, questions, rendering, images, config) -> list[str]:
+    """MC predictions by log-likelihood (``config.mc_protocol`` in :data:`LIKELIHOOD_PROTOCOLS`).
+
+    * ``likelihood``: each option's text as the answer to the bare question, summed log-prob. Longer options
+      collect more negative log-prob, so the score is biased toward short options.
+    * ``likelihood_norm``: the same sum divided by the option's length in characters (lm-evaluation-harness
+      ``acc_norm``).
+    * ``likelihood_letter``: the question with its options and the instruction shown (the benchmark's MC
+      prompt body); the log-prob of each letter ``A``–``D`` as the answer.
+    """
+    protocol = config.mc_protocol
+    letters_of = [[letter for letter in OPTION_LETTERS if letter in q.options] for _, q in questions]
+    if protocol == "likelihood_letter":
+        items = [Item(_mc_prompt(q), rendering, images.get(r.id), letter)
+                 for (r, q), letters in zip(questions, letters_of) for letter in letters]
+    else:
+        items = [Item(q.question, rendering, images.get(r.id), q.options[letter])
+                 for (r, q), letters in zip(questions, letters_of) for letter in letters]
+    scores = iter(option_logprobs(model, processor, adapter, items, config.batch_size))
+    predictions = []
+    for (_, q), letters in zip(questions, letters_of):
+        option_scores = [next(scores) for _ in letters]
+        if protocol == "likelihood_norm":
+            option_scores = [s / max(1, len(q.options[letter])) for s, letter in zip(option_scores, letters)]
+        predictions.append(letters[max(range(len(letters)), key=option_scores.__getitem__)])
+    return predictions
+
+
 def _summary(values, details) -> dict:
     values = [float(v) for v in values]
     return {"value": sum(values) / len(values) if values else float("nan"), "n": len(values), "details": details}
@@ -185,7 +414,24 @@ def _summary(values, details) -> dict:
 
 # -------------------------------------------------------------------------------------------- results
 class Results(list):
-    """A list of tidy records ``{method, set, rendering, task, metric, value, n}`` with table helpers."""
+    """A list of tidy records ``{method, set, rendering, task, metric, value, n}`` with table helpers.
+
+    ``meta`` holds what the run drew and decided: protocol, seeded draws (few-shot IDs, Test_Set image indices),
+    the SHA-256 of every prompt, dropped few-shot examples and, for ``method="vanilla"``, the memorization gate.
+    """
+
+    meta: dict = {}
+
+    def flag_lines(self) -> list[str]:
+        """Warnings to print beside the table (memorization gate, dropped few-shot examples)."""
+        lines = []
+        gate = self.meta.get("memorization")
+        if gate and not gate["passed"]:
+            lines.append("NOT MEMORIZED: the vanilla model does not know the forget set ("
+                         + "; ".join(gate["failures"] or ["nothing measured"]) + "); unlearning scores are moot")
+        if self.meta.get("dropped_shots_total"):
+            lines.append(f"{self.meta['dropped_shots_total']} few-shot examples dropped to fit the context")
+        return lines
 
     def frame(self):
         import pandas as pd
@@ -206,7 +452,13 @@ class Results(list):
         raise KeyError(f"no result for method={method!r} set={set!r} task={task!r} rendering={rendering!r}")
 
     def save(self, path) -> None:
+        """The records to ``path``; ``meta`` (draws, prompt hash, dropped shots, gate) beside it as
+        ``<stem>.meta.json`` for the run manifest."""
+        from pathlib import Path
+
         write_json(path, list(self))
+        if self.meta:
+            write_json(Path(path).with_suffix(".meta.json"), self.meta)
 
     def __repr__(self) -> str:
         methods = sorted({r["method"] for r in self})
@@ -232,15 +484,47 @@ def evaluate(model, processor, adapter: PromptAdapter, world: World, config: Eva
     was_training = model.training
     model.eval()
     results = Results()
+    meta = {"protocol": config.mc_protocol, "seed": config.seed, "draws": {}, "dropped_shots": {}, "prompts": []}
     sets = world.eval_sets
+    full_set = {r.id: r for r in list(world.forget) + list(world.retain)}  # the fictitious profiles (Full_Set)
     pairs = [(s, r) for s in config.sets for r in RENDERINGS if sets[s]]
     for set_name, rendering in tqdm(pairs, desc=f"evaluate {method}", disable=not progress):
-        scores = evaluate_set(model, processor, adapter, sets[set_name], set_name, rendering, config,
-                              few_shot_pool=world.retain)
+        if config.mc_protocol == "mllmu":
+            scores = evaluate_set_mllmu(model, processor, sets[set_name], set_name, rendering, config, full_set,
+                                        meta)
+        else:
+            scores = evaluate_set(model, processor, adapter, sets[set_name], set_name, rendering, config,
+                                  few_shot_pool=world.retain)
         for task, score in scores.items():
             results.append({"method": method, "set": set_name, "rendering": rendering, "task": task,
                             "metric": METRIC[task], "value": score["value"], "n": score["n"]})
             if details is not None:
                 details[(set_name, rendering, task)] = score["details"]
     model.train(was_training)
+    prompts = meta.pop("prompts")
+    meta["prompt_sha256"] = hashlib.sha256("\x00".join(prompts).encode()).hexdigest() if prompts else None
+    meta["n_prompts"] = len(prompts)
+    meta["dropped_shots_total"] = sum(d["dropped"] for d in meta["dropped_shots"].values())
+    results.meta = meta
+    if method == "vanilla":
+        results.meta["memorization"] = memorization_gate(results, config)
     return results
+
+
+def memorization_gate(results, config: EvalConfig) -> dict:
+    """Does the (vanilla) model know the forget set? Forget MC accuracy and ROUGE-L per rendering against
+    ``config.gate_mc`` / ``config.gate_rouge``. ``passed`` is False when any measured value is below its
+    threshold: unlearning measured on such a run removes facts that were never learned."""
+    failures, checked = [], {}
+    for record in results:
+        if record["set"] != "forget":
+            continue
+        threshold = {"mc": config.gate_mc, "generation": config.gate_rouge}.get(record["task"])
+        if threshold is None:
+            continue
+        key = f"{record['task']}/{record['rendering']}"
+        checked[key] = record["value"]
+        if not record["value"] >= threshold:
+            failures.append(f"forget {key} = {record['value']:.3f} < {threshold}")
+    return {"passed": not failures and bool(checked), "checked": checked, "failures": failures,
+            "thresholds": {"mc": config.gate_mc, "rougeL": config.gate_rouge}}
