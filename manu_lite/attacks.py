@@ -17,21 +17,13 @@ from .models import IGNORE, PromptAdapter, answer_nll, iter_batches, model_devic
 
 
 def rank_auc(positive: list[float], negative: list[float]) -> float:
-    """P(a positive scores above a negative), ties counting one half: the ROC AUC via average ranks
-    (Mann–Whitney U), without sklearn."""
+    """P(a positive scores above a negative), ties counting one half: the ROC AUC, by
+    ``sklearn.metrics.roc_auc_score`` (positives labelled 1)."""
+    from sklearn.metrics import roc_auc_score
+
     if not positive or not negative:
         raise ValueError("AUC needs at least one positive and one negative score")
-    scores = torch.tensor(list(positive) + list(negative), dtype=torch.float64)
-    order = torch.argsort(scores)
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    values, inverse = torch.unique(scores, return_inverse=True)
-    mean_rank = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks) / \
-        torch.bincount(inverse, minlength=len(values)).double()
-    ranks = mean_rank[inverse]
-    n_pos = len(positive)
-    u = ranks[:n_pos].sum().item() - n_pos * (n_pos + 1) / 2
-    return u / (n_pos * len(negative))
+    return float(roc_auc_score([1] * len(positive) + [0] * len(negative), list(positive) + list(negative)))
 
 
 @torch.no_grad()

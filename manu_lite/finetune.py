@@ -140,27 +140,64 @@ def vanilla_model(world: World, spec: TinySpec | None = None, config: TrainConfi
 
     Returns ``(model, processor, adapter)``. The cache key hashes ``spec``, ``config`` and the world's data.
     """
+    return _tiny_model(world, spec, config, progress, use_cache, retain=False)
+
+
+def retain_records(world: World) -> list:
+    """The records the retain model memorizes: the vanilla's records without the forget people."""
+    forget = {r.id for r in world.forget_train}
+    return [r for r in vanilla_records(world) if r.id not in forget]
+
+
+def retain_model(world: World, spec: TinySpec | None = None, config: TrainConfig | None = None,
+                 progress: bool = True, use_cache: bool = True):
+    """The gold standard of unlearning: the tiny vanilla recipe on ``world`` without its forget people.
+
+    Same base (``spec``, the tokenizer built on the *vanilla's* corpus, so that losses of both models compare token
+    for token), same seed, and the same number of optimizer steps: the epochs are scaled up by the share of
+    training pairs the forget people held. Cached like the vanilla model (the key adds the forget split).
+    Returns ``(model, processor, adapter)``.
+    """
+    return _tiny_model(world, spec, config, progress, use_cache, retain=True)
+
+
+def _steps(processor, adapter, items, config: TrainConfig) -> int:
+    return config.epochs * sum(1 for _ in iter_batches(processor, adapter, items, config.batch_size))
+
+
+def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, retain: bool):
+    from dataclasses import replace
+
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     spec, config = spec or TinySpec(), config or TrainConfig()
-    key = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "train": config.to_dict(),
-                                     "data": world_fingerprint(world), "format": 1}, sort_keys=True).encode())
-    path = cache_dir() / f"tiny-llava-{key.hexdigest()[:16]}"
+    fields = {"spec": spec.to_dict(), "train": config.to_dict(), "data": world_fingerprint(world), "format": 1}
+    if retain:
+        fields["retain_without"] = sorted(r.id for r in world.forget_train)
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    path = cache_dir() / f"tiny-llava-{'retain-' if retain else ''}{key.hexdigest()[:16]}"
     adapter = PromptAdapter("llava")
     if use_cache and (path / "manu_lite_done.json").exists():
         model = LlavaForConditionalGeneration.from_pretrained(path).eval()
         return model, LlavaProcessor.from_pretrained(path), adapter
     records = vanilla_records(world)
     model, processor, adapter = build_tiny(tokenizer_corpus(records, adapter), spec, seed=config.seed)
-    losses = train(model, processor, adapter, training_items(records, config.renderings), config, progress,
-                   desc="memorize the world")
+    items = training_items(records, config.renderings)
+    if retain:
+        target = _steps(processor, adapter, items, config)
+        items = training_items(retain_records(world), config.renderings)
+        per_epoch = _steps(processor, adapter, items, replace(config, epochs=1))
+        config = replace(config, epochs=max(1, round(target / per_epoch)))
+    losses = train(model, processor, adapter, items, config, progress,
+                   desc="retain model (no forget people)" if retain else "memorize the world")
     # Write into a temporary directory and rename it into place: a cache entry is complete or absent.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "manu_lite_done.json").write_text(json.dumps({"final_loss": losses[-1], "steps": len(losses)}))
+        (tmp / "manu_lite_done.json").write_text(json.dumps({"final_loss": losses[-1], "steps": len(losses),
+                                                                 "epochs": config.epochs}))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

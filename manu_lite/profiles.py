@@ -18,10 +18,10 @@ from pathlib import Path
 from .artifacts import RunManifest
 from .bench import World, load_world
 from .config import TINY_CELEBRITIES, TINY_PROFILES, EvalConfig, ManuConfig, Profile, resolve_profile
-from .finetune import TrainConfig, cache_dir, vanilla_model
+from .finetune import TrainConfig, cache_dir, retain_model, vanilla_model
 from .synthetic import make_synthetic_bench
 
-__all__ = ["book_workdir", "make_world_data", "tiny_world", "tiny_vanilla", "load_model", "profile_world",
+__all__ = ["book_workdir", "make_world_data", "tiny_world", "tiny_vanilla", "tiny_retain", "load_model", "load_retain_model", "profile_world",
            "profile_model", "profile_eval", "profile_manu", "interactive"]
 
 
@@ -76,6 +76,33 @@ def tiny_vanilla(world: World, seed: int = 0, epochs: int | None = None, progres
     """The tiny vanilla model of ``world`` (cached): ``(model, processor, adapter)``."""
     config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     return vanilla_model(world, config=config, progress=progress)
+
+
+def tiny_retain(world: World, seed: int = 0, epochs: int | None = None, progress: bool = True):
+    """The tiny retain model of ``world`` (cached): the vanilla recipe without the forget people, the same number
+    of steps (:func:`manu_lite.finetune.retain_model`). ``epochs`` is the *vanilla's* epochs."""
+    config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    return retain_model(world, config=config, progress=progress)
+
+
+def load_retain_model(name: str, world: World | None = None, *, retain: str | None = None, dtype: str = "auto",
+                      load_in_4bit: bool = False, seed: int = 0, epochs: int | None = None, progress: bool = True):
+    """The retain model (never saw the forget people) matching the vanilla model ``name``.
+
+    ``"tiny"``: trained on ``world`` (:func:`tiny_retain`). A hub model has no retain model we could afford to
+    train: pass ``retain``, the hub name or local path of a checkpoint fine-tuned without the forget split;
+    without it this raises. Returns ``(model, processor, adapter)``.
+    """
+    if name == "tiny" and retain is None:
+        if world is None:
+            raise ValueError("the tiny retain model is trained on a world: pass world=profile_world('tiny')")
+        return tiny_retain(world, seed, epochs, progress=progress)
+    if retain is None:
+        raise ValueError(f"no retain model for {name!r}: pass retain=<hub name or path of a checkpoint fine-tuned "
+                         "without the forget people> (for MLLMU-Bench, the fine-tune on the retain split only)")
+    from .models import load_mllm
+
+    return load_mllm(retain, dtype=dtype, load_in_4bit=load_in_4bit, device_map=default_device_map())
 
 
 def default_device_map():
