@@ -34,11 +34,19 @@ def evaluated(run: RunManifest | None, step: str, path: Path, evaluate_fn) -> Re
     """The results of ``step``: read back from ``path`` when ``run`` completed it already, else computed."""
     if run is not None and run.done(step):
         print(f"resume: {step} already done, reading {path}")
-        return Results(json.loads(path.read_text()))
+        results = Results(json.loads(path.read_text()))
+        meta = path.with_suffix(".meta.json")
+        if meta.exists():
+            results.meta = json.loads(meta.read_text())
+        return results
     results = evaluate_fn()
     results.save(path)
     if run is not None:
-        run.complete(step, [path])
+        # the meta (seeded draws, prompt hash, dropped few-shot examples, memorization gate) is part of the step
+        meta = path.with_suffix(".meta.json")
+        info = {k: results.meta[k] for k in ("protocol", "seed", "prompt_sha256", "dropped_shots_total", "draws")
+                if k in getattr(results, "meta", {})}
+        run.complete(step, [path] + ([meta] if meta.exists() else []), **info)
     return results
 
 

@@ -105,7 +105,7 @@ def test_overflow_can_raise(small_world, small_vanilla):
                            "sets": ("forget",), "tasks": ("mc",)})
     probe = {"draws": {}, "dropped_shots": {}, "prompts": []}
     full = {r.id: r for r in small_world.forget}
-    # image+text shots (each with an image) do not fit the tiny model's context
+    # not all image+text shots (each with an image) fit the tiny model's 256-token context
     with pytest.raises(ValueError, match="overflow"):
         ev.evaluate_set_mllmu(model, processor, small_world.forget, "forget", "image_text", config, full, probe)
 
