@@ -27,6 +27,9 @@ from _book import BOOK_TITLE, HTML, ROOT, SCREENSHOTS, build_book, html_of, toc_
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)
 
+if CHROMIUM is None and __import__("os").environ.get("CI") == "true":  # CI must run it: fail loudly, never skip
+    pytest.fail("CI=true but no Chromium binary on PATH: .ci/run must install it (apt-get install -y chromium)",
+                pytrace=False)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="no Chromium binary on PATH: install it (Debian/Ubuntu: apt-get install -y chromium) to run the "
