@@ -38,6 +38,7 @@ from .finetune import TrainConfig, training_items
 from .models import PromptAdapter
 from .report import paper_table, summary_table, write_table
 
+RETAIN = "Retain"  # the row of the retain model (trained without the forget people): the target
 LABELS = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "kl": "KL", "npo": "NPO",
           "manu-paper": "MANU-paper", "manu-reference": "MANU-reference", "manu-balanced": "MANU-balanced"}
 # compare row → ManuConfig.formulation: the paper's equations, the released code's selection, the book's variant.
@@ -58,6 +59,7 @@ class CompareConfig:
     relearn_fraction: share of the forget pairs the relearning attacker fine-tunes on (the retain-only attack
                       uses as many retain pairs); ``relearn``: its fine-tune.
     mia_people:       never-seen people generated for membership inference (synthetic worlds only).
+    unlearning_metrics: with a retain model, the field's metrics per rendering (:mod:`manu_lite.metrics`).
     """
 
     methods: tuple[str, ...] = tuple(LABELS)
@@ -75,6 +77,7 @@ class CompareConfig:
     relearn_fraction: float = 0.3
     relearn: TrainConfig = TrainConfig(epochs=2, lr=1e-3, batch_size=8, warmup_steps=0)
     mia_people: int = 20
+    unlearning_metrics: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -261,11 +264,14 @@ class Comparison:
 
 
 def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, config: CompareConfig | None = None,
-            holdout=None, progress: bool = True) -> Comparison:
+            holdout=None, progress: bool = True, retain=None) -> Comparison:
     """Run every method of ``config`` from copies of ``vanilla`` and write tables, JSON and figures to ``out``.
 
     holdout: training-format records of people the vanilla model never saw, for membership inference (``None``
              skips it; :func:`unseen_people` makes them for synthetic worlds).
+    retain:  ``(model, processor, adapter)`` of the retain model (never saw the forget people): evaluated as the
+             row ``Retain``, the target every method's distance and the metrics of :mod:`manu_lite.metrics`
+             (forget quality, privleak) are measured against. ``None`` skips both.
     """
     from . import report, viz
 
@@ -274,6 +280,26 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     results, costs, reports, attacks = Results(), {}, {}, {}
     members = training_items(world.forget_train)
     non_members = training_items(holdout) if holdout else None
+    unlearning, timings = {}, {}
+
+    def field_metrics(label, model):
+        if retain is not None and config.unlearning_metrics:
+            from time import perf_counter
+
+            from .metrics import forget_generations, model_metrics
+
+            start = perf_counter()
+            unlearning[label] = model_metrics(model, processor, adapter, world, non_members,
+                                              generations=forget_generations(model, processor, adapter, world,
+                                                                             config.evaluation))
+            timings[label] = perf_counter() - start
+
+    if retain is not None:
+        results.extend(evaluate(retain[0], processor, adapter, world, config.evaluation, method=RETAIN,
+                                progress=progress))
+        field_metrics(RETAIN, retain[0])
+        if non_members and config.attacks:
+            attacks[RETAIN] = {"mia": membership_auc(retain[0], processor, adapter, members, non_members)}
     for method in config.methods:
         label = LABELS[method]
         model = copy.deepcopy(vanilla)
@@ -281,6 +307,7 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
             reports[label] = unlearn(method, model, processor, adapter, world, config, progress)
         costs[label] = cost
         results.extend(evaluate(model, processor, adapter, world, config.evaluation, method=label, progress=progress))
+        field_metrics(label, model)
         if config.attacks:
             attacks[label] = {}
             if method != "vanilla":
@@ -296,7 +323,9 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     if config.sweeps:
         sweep_records, points = run_sweeps(vanilla, processor, adapter, world, config, progress)
         write_json(out / "sweeps.json", {"points": points, "records": list(sweep_records)})
-    summary = summarize(results, costs, attacks, points)
+    summary = summarize(results, costs, attacks, points, unlearning)
+    if unlearning:
+        write_json(out / "unlearning_metrics.json", {"metrics": unlearning, "seconds": timings})
     write_json(out / "attacks.json", {m: {"relearn": {s: list(r) for s, r in a.get("relearn", {}).items()},
                                           "mia": a.get("mia")} for m, a in attacks.items()})
     write_json(out / "summary.json", summary)
@@ -317,10 +346,29 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     return Comparison(results, costs, summary, sweep_records, points, attacks, paths)
 
 
-def summarize(results, costs: dict, attacks: dict, points: list[dict]) -> dict:
-    """Per-method drops, balance, cost, relearning recovery and MIA; best methods at <= 5 points retain drop."""
+def distance_to_retain(results, method: str, retain: str = "Retain") -> dict:
+    """Per rendering: mean over every (set, task) of |method − retain| in points (0 = scores like the model that
+    never saw the forget people, on forget, test, retain and celebrity alike)."""
+    frame = results.frame() if hasattr(results, "frame") else Results(results).frame()
+    mean = frame.groupby(["method", "set", "task", "rendering"])["value"].mean()
+    out = {}
+    for rendering in RENDERINGS:
+        gaps = [abs(mean[(method, s, t, r)] - mean[(retain, s, t, r)]) for (m, s, t, r) in mean.index
+                if m == method and r == rendering and (retain, s, t, r) in mean.index]
+        if gaps:
+            out[rendering] = 100 * sum(gaps) / len(gaps)
+    return out
+
+
+def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearning: dict | None = None) -> dict:
+    """Per-method drops, balance, cost, relearning recovery and MIA; best methods at <= 5 points retain drop;
+    with a retain model (``unlearning``: :func:`manu_lite.metrics.model_metrics` per method), the distance to it,
+    forget quality and privleak."""
     all_drops = drops(results)
     methods = {}
+    unlearning = unlearning or {}
+    has_retain = any(r["method"] == RETAIN for r in results)
+    costs = {**({RETAIN: None} if has_retain else {}), **costs}
     for label, cost in costs.items():
         row = {"drops": all_drops[label], "balance": balance(all_drops[label]), "cost": cost,
                "forget_score": _forget_score(results, label)}
@@ -333,9 +381,23 @@ def summarize(results, costs: dict, attacks: dict, points: list[dict]) -> dict:
                                            for source, attacked in attack["relearn"].items()}
         if "mia" in attack:
             row["mia"] = attack["mia"]
+        if has_retain:
+            row["distance_to_retain"] = distance_to_retain(results, label)
+        if label in unlearning and RETAIN in unlearning:
+            from .metrics import against_retain
+
+            row["unlearning"] = {r: {k: v for k, v in m.items() if k != "truth_ratios"}
+                                 for r, m in unlearning[label].items()}
+            row["vs_retain"] = against_retain(unlearning[label], unlearning[RETAIN])
         methods[label] = row
-    main_points = [{"label": m, "drops": d} for m, d in all_drops.items() if m != "Vanilla"]
-    return {"methods": methods,
+    main_points = [{"label": m, "drops": d} for m, d in all_drops.items() if m not in ("Vanilla", RETAIN)]
+    closest = {}
+    for rendering in RENDERINGS:
+        scored = [(row["distance_to_retain"][rendering], m) for m, row in methods.items()
+                  if m != RETAIN and rendering in row.get("distance_to_retain", {})]
+        if scored:
+            closest[rendering] = {"label": min(scored)[1], "distance": min(scored)[0]}
+    return {"methods": methods, "closest_to_retain": closest,
             "best_at_5_points_retain": {"main": best_at_retain_budget(main_points),
                                         "sweeps": best_at_retain_budget(points) if points else {}},
             "definition": "drop = vanilla − method in points, mean over MC accuracy, ROUGE-L and cloze accuracy; "

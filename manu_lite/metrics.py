@@ -197,6 +197,19 @@ def truth_ratio_items(records, rendering: str) -> tuple[list[Item], int]:
     return items, per
 
 
+def forget_generations(model, processor, adapter: PromptAdapter, world, config) -> dict[str, list[str]]:
+    """Greedy answers to the forget people's open-generation questions, per rendering (for the collapse share)."""
+    from .evaluate import generate
+
+    out = {}
+    for rendering in ("image_text", "text_only"):
+        items = [Item(q.question, rendering, r.image if rendering == "image_text" else None)
+                 for r in world.forget for q in r.generation.get(rendering, [])]
+        if items:
+            out[rendering] = generate(model, processor, adapter, items, config)
+    return out
+
+
 def model_metrics(model, processor, adapter: PromptAdapter, world, holdout_items: list[Item] | None = None,
                   renderings=("image_text", "text_only"), generations: dict | None = None,
                   batch_size: int = 32) -> dict:

@@ -36,8 +36,9 @@ def summary_table(summary: dict):
     for method, row in summary["methods"].items():
         flat = {f"Δ{s} {RENDERING_NAMES[r]}": round(v, 1) for s, per in row["drops"].items() for r, v in per.items()}
         flat["balance"] = round(row["balance"], 1)
-        flat["unlearn s"] = round(row["cost"]["seconds"], 1)
-        flat["peak MB"] = round(row["cost"]["peak_rss_mb"], 1)
+        cost = row.get("cost") or {}  # the retain model was trained, not unlearned: no cost
+        flat["unlearn s"] = round(cost["seconds"], 1) if cost else None
+        flat["peak MB"] = round(cost["peak_rss_mb"], 1) if cost else None
         flat["forget %"] = round(100 * row["forget_score"], 1)
         for source in ("forget", "retain"):
             score = row.get("relearn_forget_score", {}).get(source)
@@ -45,6 +46,22 @@ def summary_table(summary: dict):
             value = row.get("relearn", {}).get(source)
             flat[f"recovered({source})"] = None if value is None else round(value, 2)
         flat["MIA AUC"] = None if row.get("mia") is None else round(row["mia"]["auc"], 3)
+        for r, value in row.get("distance_to_retain", {}).items():
+            flat[f"dist→retain {RENDERING_NAMES[r]}"] = round(value, 1)
+        for r, cell in row.get("vs_retain", {}).items():
+            name = RENDERING_NAMES[r]
+            if "forget_quality" in cell:
+                flat[f"forget quality {name}"] = float(f"{cell['forget_quality']:.3g}")
+            for attack in ("loss", "min_k_pp"):
+                if attack in cell.get("privleak", {}):
+                    flat[f"privleak {attack} {name}"] = round(cell["privleak"][attack], 1)
+        for r, cell in row.get("unlearning", {}).items():
+            name = RENDERING_NAMES[r]
+            if "truth_ratio" in cell:
+                flat[f"truth ratio {name}"] = round(cell["truth_ratio"], 3)
+            flat[f"extraction {name}"] = round(cell["extraction_strength"], 3)
+            if "collapse" in cell:
+                flat[f"collapse {name}"] = round(cell["collapse"]["share"], 2)
         rows[method] = flat
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -133,3 +133,32 @@ def test_model_metrics_vanilla_vs_retain(small_world, small_vanilla, small_retai
     assert same["text_only"]["forget_quality"] == pytest.approx(1.0)
     assert all(abs(x) < 1e-6 for x in same["image_text"]["privleak"].values())
     assert vs["text_only"]["forget_quality"] <= 1.0
+
+
+def test_compare_with_retain_row(small_world, small_vanilla, small_retain, tmp_path):
+    import json
+
+    from manu_lite.attacks import unseen_people
+    from manu_lite.baselines import UnlearnConfig
+    from manu_lite.compare import CompareConfig, compare
+    from manu_lite.evaluate import EvalConfig
+
+    vanilla, processor, adapter = small_vanilla
+    config = CompareConfig(methods=("vanilla", "ga"), unlearn=UnlearnConfig(steps=2, batch_size=8), sweeps=False,
+                           attacks=False, evaluation=EvalConfig(instructions=False, max_new_tokens=8, batch_size=64,
+                                                                tasks=("cloze",)))
+    holdout = unseen_people(small_world, tmp_path, 5, seed=3)
+    result = compare(vanilla, processor, adapter, small_world, tmp_path / "run", config, holdout=holdout,
+                     progress=False, retain=small_retain)
+    methods = result.summary["methods"]
+    assert set(methods) == {"Retain", "Vanilla", "GA"}
+    assert methods["Retain"]["distance_to_retain"] == {"image_text": 0.0, "text_only": 0.0}
+    assert methods["Retain"]["vs_retain"]["text_only"]["forget_quality"] == pytest.approx(1.0)
+    for rendering in ("image_text", "text_only"):
+        assert methods["Vanilla"]["distance_to_retain"][rendering] > 0
+        assert set(methods["GA"]["vs_retain"][rendering]["privleak"]) == {"loss", "zlib", "min_k", "min_k_pp"}
+        assert 0 <= methods["GA"]["unlearning"][rendering]["collapse"]["share"] <= 1
+    assert set(result.summary["closest_to_retain"]) == {"image_text", "text_only"}
+    header = (tmp_path / "run" / "summary.csv").read_text().splitlines()[0]
+    assert "dist→retain img+txt" in header and "forget quality text" in header and "collapse img+txt" in header
+    assert "Retain" in json.loads((tmp_path / "run" / "unlearning_metrics.json").read_text())["metrics"]
