@@ -158,9 +158,9 @@ class EvalConfig:
                   ``Results.meta["dropped_shots"]``) or ``"raise"``.
     gate_mc, gate_rouge: the memorization gate: a vanilla run whose forget MC accuracy or ROUGE-L falls below
                   these is flagged (``Results.meta["memorization"]``).
-    few_shot:     profiles whose questions serve as in-context examples for ``"mllmu"`` (the benchmark uses 1).
-                  They are drawn, seeded, from the retain people; the benchmark drew them from every profile,
-                  the forget people included.
+    few_shot:     MC profiles whose questions serve as in-context examples for ``"mllmu"`` (the benchmark uses
+                  1): drawn, seeded, from the set being scored, as eval.py does, and their questions not scored.
+                  Cloze always draws 2 profiles, as eval.py does for LLaVA.
     instructions: append the benchmark's task instructions to generation and cloze prompts. Real checkpoints
                   fine-tuned by the benchmark expect them; the tiny model was trained on bare questions.
     """

@@ -4,13 +4,20 @@ Tasks: multiple choice (accuracy), open generation (ROUGE-L F1 with stemming, fr
 (case-insensitive substring match). Sets: ``forget``, ``test`` (the forget people with transformed images),
 ``retain`` and ``celebrity``. Renderings: ``image_text`` and ``text_only``.
 
-Multiple choice has two protocols:
+``EvalConfig.mc_protocol`` chooses one of four protocols (book/benchmark_protocol.md):
 
-* ``"likelihood"``: each option's text is scored by its log-probability as the answer to the question; the
-  highest wins. Robust, and it needs no instruction following.
-* ``"mllmu"``: the benchmark's own: greedy generation after the options and "Just give ONE letter …", the first
-  character is the prediction, optionally after few-shot examples. Faithful, but brittle (a model that does not
-  answer with a letter scores zero, and image few-shot overflows small contexts).
+* ``"mllmu"``: MLLMU-Bench's eval.py rule by rule, for all three tasks (section "the benchmark's protocol"
+  below): its prompt strings, few-shot examples from the scored set, greedy generation of 50 tokens, first
+  letter, ROUGE-1/2/L, cloze substring. Draws are seeded and recorded in ``Results.meta`` with a prompt hash;
+  few-shot examples that overflow the context are dropped and counted (or raise, ``on_overflow="raise"``).
+  Faithful, but it measures answer format too: a model that does not answer with a letter scores zero.
+* ``"likelihood"``: each option's text scored by summed log-probability as the answer to the question; the
+  highest wins. Needs no instruction following, but favours short options (length bias).
+* ``"likelihood_norm"``: the same, divided by the option's length in characters (lm-evaluation-harness acc_norm).
+* ``"likelihood_letter"``: the options and instruction shown, each letter's log-probability scored.
+
+The three likelihood protocols change multiple choice only; generation and cloze then use the project's prompts
+(``PromptAdapter``, ``EvalConfig.instructions``).
 
 Every record has the keys ``method, set, rendering, task, metric, value, n`` with ``value`` in [0, 1].
 """
@@ -144,10 +151,11 @@ def mllmu_rouge(reference: str, prediction: str) -> dict[str, float]:
 _SCORER3 = None
 
 
-def mllmu_few_shot_ids(scored_ids: list[str], task: str, rng: random.Random) -> list[str]:
+def mllmu_few_shot_ids(scored_ids: list[str], task: str, rng: random.Random, n: int | None = None) -> list[str]:
     """eval.py:262-265 (MC) and :500-503 (cloze): ``random.sample`` of 1 (MC) or 2 (cloze) IDs from the set being
-    scored; here from a seeded generator."""
-    return rng.sample(list(scored_ids), min(MLLMU_FEW_SHOT_PROFILES[task], len(scored_ids)))
+    scored; here from a seeded generator. ``n`` overrides the count (``EvalConfig.few_shot`` for MC)."""
+    n = MLLMU_FEW_SHOT_PROFILES[task] if n is None else n
+    return rng.sample(list(scored_ids), min(n, len(scored_ids)))
 
 
 def mllmu_test_image_index(n_images: int, rng: random.Random) -> int:
@@ -317,7 +325,9 @@ def evaluate_set_mllmu(model, processor, records, set_name: str, rendering: str,
         rng = random.Random(f"mllmu-{config.seed}-{set_name}-{task}")
         # Draw order as in eval.py: few-shot IDs first, then one Test_Set image per row.
         draw_task = "cloze" if task == "cloze" else "mc"
-        shot_ids = mllmu_few_shot_ids(ids, draw_task, rng) if task in ("mc", "cloze") else []
+        # EvalConfig.few_shot sets the MC profile count (the benchmark's is 1, the default); cloze always draws 2.
+        shot_ids = (mllmu_few_shot_ids(ids, draw_task, rng, config.few_shot if task == "mc" else None)
+                    if task in ("mc", "cloze") else [])
         image_index = {r.id: mllmu_test_image_index(len(r.images), rng)
                        for r in records if set_name == "test" and r.images}
         key = f"{set_name}/{rendering}/{task}"
