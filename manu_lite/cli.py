@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--alpha", type=float, default=None, help="MANU: percent of neurons to prune")
     compare.add_argument("--no-sweeps", action="store_true", help="skip the alpha and step sweeps")
     compare.add_argument("--no-attacks", action="store_true", help="skip relearning and membership inference")
+    compare.add_argument("--retain", default=None,
+                         help="hub name or path of the retain model (fine-tuned without the forget people); 'tiny' "
+                              "trains its own (cached) when this is not given")
+    compare.add_argument("--no-retain", action="store_true",
+                         help="skip the retain model row, the distance to it and the unlearning metrics")
     return parser
 
 

@@ -138,7 +138,16 @@ def compare_command(world: World, args) -> str:
                      manu=replace(config.manu, seed=args.seed, **({"alpha": args.alpha} if args.alpha else {})),
                      sweeps=not args.no_sweeps, attacks=not args.no_attacks,
                      **({"methods": tuple(args.methods.split(","))} if args.methods else {}))
-    result = compare(vanilla, processor, adapter, world, args.out, config, holdout=holdout)
+    retain, retain_note = None, None
+    if not getattr(args, "no_retain", False):
+        from .profiles import load_retain_model
+
+        if args.model == "tiny" or getattr(args, "retain", None):
+            retain = load_retain_model(args.model, world, retain=getattr(args, "retain", None), seed=args.seed,
+                                       epochs=args.epochs)
+        else:
+            retain_note = "retain model skipped: pass --retain <checkpoint fine-tuned without the forget people>"
+    result = compare(vanilla, processor, adapter, world, args.out, config, holdout=holdout, retain=retain)
     lines = [format_table(result.results), "", "== summary (drops in points from vanilla, mean of tasks) ==",
              summary_table(result.summary).to_string()]
     for scope, best in result.summary["best_at_5_points_retain"].items():
@@ -147,6 +156,11 @@ def compare_command(world: World, args) -> str:
                          f"{row['label']} forget -{row['forget_drop']:.1f} (other rendering -"
                          f"{row['other_rendering_forget_drop']:.1f}), retain -{row['retain_drop']:.1f} "
                          f"(other rendering -{row['other_rendering_retain_drop']:.1f})")
+    for rendering, row in result.summary.get("closest_to_retain", {}).items():
+        lines.append(f"closest to the retain model, {RENDERING_NAMES[rendering]}: {row['label']} "
+                     f"(mean |score − retain| {row['distance']:.1f} points over set × task)")
+    if retain_note:
+        lines.append(retain_note)
     if holdout is None and config.attacks:
         lines.append("membership inference skipped: no never-seen people for this world (synthetic worlds only)")
     return "\n".join(lines)
