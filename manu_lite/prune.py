@@ -3,8 +3,9 @@
 Three modes (``manu_lite.config.PRUNE_MODES``):
 
 ``"neuron"``       remove neurons: zero each neuron's *column* of ``down_proj``/``fc2`` (its output) and its *rows*
-                   (and bias entries) of ``gate_proj``/``up_proj``/``fc1`` (its input), so the neuron's activation
-                   is exactly 0 (act(0)·0 = 0 for SiLU-gated MLPs, act(0) = 0 for GELU MLPs) and it writes nothing.
+                   (and bias entries) of ``gate_proj``/``up_proj``/``fc1`` (its input; of a fused ``gate_up_proj``
+                   the rows of both halves, ``i`` and ``i + width``), so the neuron's activation is exactly 0
+                   (act(0)·0 = 0 for SiLU-gated MLPs, act(0) = 0 for GELU MLPs) and it writes nothing.
 ``"output_rows"``  what the authors' released code does: zero *rows* (and bias entries) of ``down_proj``/``fc2``.
                    The indices are then **output channels** of the MLP, i.e. residual-stream dimensions
                    (``< hidden size``), not neurons: every token loses those channels of that layer's MLP output.
@@ -156,14 +157,18 @@ class NeuronMask:
         return {name: sites[name] for name in self.indices}
 
     # ---- apply / restore ------------------------------------------------------------------------------------
-    def _targets(self, site: NeuronSite) -> list[tuple[nn.Module, Tensor, int]]:
-        """(module, tensor, dim) triples whose slices along ``dim`` at the mask indices get zeroed."""
+    def _targets(self, site: NeuronSite, idx: Tensor) -> list[tuple[nn.Module, Tensor, int, Tensor]]:
+        """(module, tensor, dim, indices) of every slice that gets zeroed for neurons ``idx`` of ``site``.
+
+        The input projections' rows are :meth:`NeuronSite.in_rows`: ``idx`` itself, and for a fused
+        ``gate_up_proj`` (``site.fused == 2``) also ``idx + width``, the rows of the up half."""
         out = site.out_module
         if self.mode == "output_rows":
-            return [(out, t, 0) for t in (out.weight, getattr(out, "bias", None)) if t is not None]
-        targets = [(out, out.weight, 1)]
+            return [(out, t, 0, idx) for t in (out.weight, getattr(out, "bias", None)) if t is not None]
+        targets = [(out, out.weight, 1, idx)]
+        rows = site.in_rows(idx)
         for module in site.in_modules:
-            targets += [(module, t, 0) for t in (module.weight, getattr(module, "bias", None)) if t is not None]
+            targets += [(module, t, 0, rows) for t in (module.weight, getattr(module, "bias", None)) if t is not None]
         return targets
 
     def apply(self, model: nn.Module) -> "NeuronMask":
@@ -193,11 +198,11 @@ class NeuronMask:
             raise ValueError(f"mode={self.mode!r} edits weights, but at site {name} (and {len(problems) - 1} more) "
                              f"the {problem}; use mode='activation', which masks activations and leaves weights "
                              "untouched (NeuronMask(indices, mode='activation'))")
-        targets = [(name, t) for name, site in sites.items() for t in self._targets(site)]
+        targets = [t for name, site in sites.items() for t in self._targets(site, self.indices[name])]
         saved = []
         with torch.no_grad():
-            for name, (_, tensor, dim) in targets:
-                idx = self.indices[name].to(tensor.device)
+            for _, tensor, dim, idx in targets:
+                idx = idx.to(tensor.device)
                 saved.append((tensor, dim, idx, tensor.index_select(dim, idx)))  # a copy of what gets zeroed
                 tensor.index_fill_(dim, idx, 0)
         self._applied = (model, saved)

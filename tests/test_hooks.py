@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from manu_lite.hooks import NeuronSite, find_sites, record_neurons, token_mask_from_batch
+from manu_lite.hooks import (NeuronSite, SiteWarning, find_sites, record_neurons, site_table,
+                             token_mask_from_batch)
 from manu_lite.stats import collect_stats
 from tiny_models import BUILDERS
 
@@ -103,6 +104,42 @@ def test_site_by_hand_and_validation():
         NeuronSite(tower="language", layer=0, mlp=mlp, in_projs=("fc1",), out_proj="down_proj", width=8)
     with pytest.raises(ValueError, match="tower"):
         NeuronSite(tower="audio", layer=0, mlp=mlp, in_projs=("fc1",), out_proj="fc2", width=8)
+    with pytest.raises(ValueError, match=r"width=6 but fc2\.in_features is 8"):
+        NeuronSite(tower="vision", layer=0, mlp=mlp, in_projs=("fc1",), out_proj="fc2", width=6)
+
+    class Fused(nn.Module):  # Phi-3 style: gate, up = gate_up_proj(x).chunk(2)
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj, self.down_proj = nn.Linear(4, 16), nn.Linear(8, 4)
+    fused = NeuronSite(tower="language", layer=0, mlp=Fused(), in_projs=("gate_up_proj",), out_proj="down_proj",
+                       width=8, fused=2)
+    assert fused.in_rows(torch.tensor([1, 3])).tolist() == [1, 3, 9, 11]  # the gate rows, then the up rows
+    assert site.in_rows(torch.tensor([1, 3])).tolist() == [1, 3]
+    assert "fused=2" in repr(fused)
+    with pytest.raises(ValueError, match=r"gate_up_proj has 16 output rows but fused x width is 1 x 8.*fused=2"):
+        NeuronSite(tower="language", layer=0, mlp=Fused(), in_projs=("gate_up_proj",), out_proj="down_proj", width=8)
+    with pytest.raises(ValueError, match="positive integer"):
+        NeuronSite(tower="language", layer=0, mlp=Fused(), in_projs=("gate_up_proj",), out_proj="down_proj",
+                   width=8, fused=0)
+
+
+def test_site_table_lists_sites_and_what_was_left_out(family):
+    name, model, _ = family
+    rows = site_table(model)
+    assert sorted(r["site"] for r in rows if r["status"] == "site") == sorted(s.name for s in find_sites(model))
+    for row in rows:
+        assert set(row) == {"path", "module", "tower", "layer", "layout", "width", "site", "status", "reason"}
+        if row["status"] == "excluded":
+            assert row["reason"] and row["site"] is None
+    # The bridge between the towers is listed as such, not dropped from view (Idefics' perceiver resampler,
+    # Qwen2-VL's merger; LLaVA's projector is two bare Linear layers, Idefics3's connector one).
+    bridge = [r for r in rows if r["tower"] is None]
+    assert all("bridge" in r["reason"] for r in bridge)
+    if name in ("idefics2", "qwen2_vl"):
+        assert bridge, name
+    vision_only = site_table(model, ("vision",))
+    assert {r["site"] for r in vision_only if r["status"] == "site"} == {"vision.0.fc2", "vision.1.fc2"}
+    assert any("not asked for" in r["reason"] for r in vision_only)
 
 
 def test_token_mask_by_hand():
@@ -117,3 +154,27 @@ def test_token_mask_by_hand():
         token_mask_from_batch({k: v for k, v in batch.items() if k != "labels"}, "recall")
     with pytest.raises(ValueError, match="unknown positions"):
         token_mask_from_batch(batch, "answers")
+
+
+def test_a_list_of_routed_expert_mlps_is_listed_and_warned_about():
+    """Experts kept as a list of MLP modules (``mlp.experts.N``, older Mixtral style): each matches a layout, but
+    its index is an expert, not a layer — excluded, named in the warning and the site table, never a name clash."""
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
+
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts, self.shared_expert = nn.ModuleList([MLP(), MLP(), MLP()]), MLP()
+
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.ModuleDict({"mlp": MoE()}) for _ in range(2)])
+    with pytest.warns(SiteWarning, match=r"(?s)6 routed-expert module\(s\).*layers\.0\.mlp\.experts\.0 \(MLP\): routed "
+                                         r"expert 0 of a mixture of experts: NOT scored"):
+        sites = find_sites(model, ("language",))
+    assert [s.path for s in sites] == ["layers.0.mlp.shared_expert", "layers.1.mlp.shared_expert"]
+    experts = [r for r in site_table(model, ("language",)) if r["status"] == "experts"]
+    assert [(r["path"], r["layer"]) for r in experts] == [(f"layers.{i}.mlp.experts.{e}", i)
+                                                          for i in range(2) for e in range(3)]
