@@ -78,6 +78,46 @@ def _foreign_mask(tiny):
     prune.NeuronMask({site.name: [0]}, meta={"widths": {site.name: site.width * 2}}).check_fits(model)
 
 
+class _MLP(torch.nn.Module):
+    """A two-projection MLP 4 -> 8 -> 4 whose projections are called ``i`` and ``o``."""
+
+    def __init__(self, i="fc1", o="fc2"):
+        super().__init__()
+        setattr(self, i, torch.nn.Linear(4, 8))
+        setattr(self, o, torch.nn.Linear(8, 4))
+
+
+def _layers(*layers):
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(layers)
+    return model
+
+
+class _Experts(torch.nn.Module):
+    """Routed experts with fused parameters, as Llama-4 keeps them: [experts, hidden, 2 x width], ..."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate_up_proj = torch.nn.Parameter(torch.zeros(3, 4, 16))
+        self.down_proj = torch.nn.Parameter(torch.zeros(3, 8, 4))
+
+
+def _routed_experts():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hooks.SiteWarning)
+        hooks.find_sites(_layers(torch.nn.ModuleDict({"mlp": _MLP(), "experts": _Experts()})), ("language",))
+
+
+def _temp_names_taken(tmp_path):
+    from unittest import mock
+
+    (tmp_path / ".a.json.same.tmp").write_text("someone else's")
+    with mock.patch.object(artifacts.secrets, "token_hex", lambda n: "same"):
+        artifacts.write_json(tmp_path / "a.json", {})
+
+
 TRIGGERS = {
     "missing-column": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.pop("Mask_Task")),
     "unknown-columns": lambda tmp, tiny: (write_raw(tmp, "Full_Set", [{"picture": b"", "ID": "1"}]),
@@ -107,12 +147,23 @@ TRIGGERS = {
     "unknown-prune-mode": lambda tmp, tiny: config.ManuConfig(prune_mode="zero"),
     "foreign-mask": lambda tmp, tiny: _foreign_mask(tiny),
     "no-mlp": lambda tmp, tiny: hooks.find_sites(torch.nn.Sequential(torch.nn.Linear(2, 2))),
+    "tower-without-sites": lambda tmp, tiny: hooks.find_sites(tiny[0].model.language_model),
+    "layer-without-site": lambda tmp, tiny: hooks.find_sites(_layers(_MLP("fc1", "fc2"), _MLP("w1", "w2")),
+                                                             ("language",)),
+    "routed-experts": lambda tmp, tiny: _routed_experts(),
+    "site-width-mismatch": lambda tmp, tiny: hooks.NeuronSite(tower="language", layer=0, mlp=_MLP(),
+                                                              in_projs=("fc1",), out_proj="fc2", width=6),
+    "fused-site-rows": lambda tmp, tiny: hooks.NeuronSite(tower="language", layer=0,
+                                                          mlp=_MLP("gate_up_proj", "down_proj"),
+                                                          in_projs=("gate_up_proj",), out_proj="down_proj", width=8,
+                                                          fused=2),
     "context-overflow": lambda tmp, tiny: models.check_context(tiny[0], torch.zeros(1, 300, dtype=torch.long)),
     "no-image-token": lambda tmp, tiny: _no_image_token(),
     "nan-activations": lambda tmp, tiny: _nan_stats(tiny),
     "no-training-items": lambda tmp, tiny: finetune.train(*tiny, [], finetune.TrainConfig(), progress=False),
     "corrupt-artifact": lambda tmp, tiny: _corrupt(tmp),
     "resume-other-settings": lambda tmp, tiny: _resume_other(tmp),
+    "temp-names-taken": lambda tmp, tiny: _temp_names_taken(tmp),
 }
 
 
