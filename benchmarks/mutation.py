@@ -64,8 +64,8 @@ def run_mutmut(module: str, tests: list[str], workdir: Path, max_children: int) 
     pyproject = copy / "pyproject.toml"
     text = pyproject.read_text() if pyproject.exists() else ""
     text += ("\n[tool.mutmut]\n"
-             f"paths_to_mutate = [\"manu_lite/{module}.py\"]\n"
              "source_paths = [\"manu_lite\"]\n"
+             f"only_mutate = [\"manu_lite/{module}.py\"]\n"
              f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
              "pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:cacheprovider\"]\n"
              "also_copy = [\"tests\", \"benchmarks\"]\n")
@@ -179,6 +179,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", nargs="+", default=list(TESTS), choices=list(TESTS))
     parser.add_argument("--tests", nargs="+", help="test files (default: each module's own, see TESTS)")
+    parser.add_argument("--keyword", "-k", default=None, help="pytest -k expression selecting the fast tests")
     parser.add_argument("--tool", choices=("mutmut", "ast"), default=None,
                         help="default: mutmut when installed, else the AST fallback")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
@@ -196,6 +197,8 @@ def main(argv=None) -> list[dict]:
     reports = []
     for module in args.modules:
         tests = args.tests or [t for t in TESTS[module] if (ROOT / t).exists()]
+        if args.keyword:
+            tests = [*tests, "-k", args.keyword]
         workdir = args.workdir / module if args.workdir else Path(tempfile.mkdtemp(prefix=f"mutation-{module}-"))
         if tool == "mutmut":
             report = run_mutmut(module, tests, workdir, args.max_children)
