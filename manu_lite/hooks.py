@@ -360,11 +360,15 @@ def unused_layers(model: nn.Module) -> dict[int, str]:
     ``-2``), so the encoder layers after it run but nothing downstream reads them: their MLP neurons cannot matter
     and are no candidates. ``hidden_states[h]`` is the output of layer ``h − 1`` (``hidden_states[0]`` is the
     embedding), so layers ``>= h`` (``h`` made non-negative) are unused. A list of feature layers (LLaVA-NeXT
-    variants) uses up to its largest. Models without ``vision_feature_layer`` report nothing.
+    variants) uses up to its largest; Phi-4-multimodal's ``vision_config.feature_layer`` counts the same way. Models
+    without either report nothing.
     """
     config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", None)
     feature = getattr(config, "vision_feature_layer", None)
-    n_layers = getattr(getattr(config, "vision_config", None), "num_hidden_layers", None)
+    if feature is None:  # Phi-4-multimodal keeps it in the vision config: vision_config.feature_layer
+        feature = getattr(vision, "feature_layer", None)
+    n_layers = getattr(vision, "num_hidden_layers", None)
     if feature is None or n_layers is None:
         return {}
     features = list(feature) if isinstance(feature, (list, tuple)) else [feature]

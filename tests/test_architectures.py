@@ -508,6 +508,14 @@ def test_phi4_multimodal_towers_audio_and_fused_layout(monkeypatch):
     assert "outside a numbered layer list" in table[f"{vision}.head.mlp"]["reason"]
     audio = [row for path, row in table.items() if "audio_embed" in path and row["layout"]]  # its fused MLPs
     assert len(audio) == 4 and all(r["status"] == "excluded" and "audio" in r["reason"] for r in audio)
+    assert hooks.unused_sites(model) == {}  # feature_layer=-1: both vision layers feed the language model
+    # Phi-4-multimodal's default feature_layer=-2 reads hidden_states[-2]: the last vision layer is unused.
+    from transformers import Phi4MultimodalForCausalLM
+
+    default = _phi4_config()
+    default.vision_config.feature_layer = -2
+    unused = hooks.unused_sites(Phi4MultimodalForCausalLM(default))
+    assert list(unused) == ["vision.1.fc2"] and "feature_layer=-2" in unused["vision.1.fc2"]
     # Without the fused layout the language tower would be lost: raised, with the call that fixes it.
     monkeypatch.setattr(hooks, "MLP_LAYOUTS", tuple(x for x in hooks.MLP_LAYOUTS if x[0] != ("gate_up_proj",)))
     with pytest.raises(ValueError, match=r"(?s)the language tower of Phi4MultimodalForCausalLM has no MLP neuron "
