@@ -335,7 +335,8 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     paths = [viz.plot_results(results, figures / "results.png"),
              report.plot_balance(summary, figures / "balance.png")]
     if points:
-        paths.append(report.plot_tradeoff(points, figures / "tradeoff.png"))
+        paths.append(report.plot_tradeoff(points, figures / "tradeoff.png",
+                                          target=summary["methods"].get(RETAIN, {}).get("drops")))
     # The alpha sweep at recall positions holds the main MANU masks too; without sweeps, show the main ones.
     masks = {p["label"]: p["mask"] for p in points if "mask" in p and p["settings"]["positions"] == "recall"} or \
         {LABELS[m]: reports[LABELS[m]]["mask"] for m in config.methods if m in MANU_METHODS}

@@ -74,12 +74,13 @@ def write_table(table, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def plot_tradeoff(points: list[dict], path) -> Path:
+def plot_tradeoff(points: list[dict], path, target: dict | None = None) -> Path:
     """Forget drop vs retain drop (points, mean over tasks), one panel per rendering, one curve per family.
 
     ``points``: sweep points of :func:`manu_lite.compare.run_sweeps` (``label, family, param, x, drops``); each
     curve follows its knob (alpha or steps), annotated at every point. Upper left is better: much forgotten,
-    little retain loss. The dotted line marks the 5-point retain budget.
+    little retain loss. The dotted line marks the 5-point retain budget. ``target``: the retain model's drops
+    (``{set: {rendering: points}}``), drawn as a star: where unlearning should land.
     """
     fig, axes = figure(11, 4.4, layout="tight", nrows=1, ncols=2, sharey=True)
     families = list(dict.fromkeys(p["family"] for p in points))
@@ -95,13 +96,17 @@ def plot_tradeoff(points: list[dict], path) -> Path:
             ax.plot(xs, ys, style, color=colours(k % 10), label=family, markersize=4)
             for p, x, y in zip(curve, xs, ys):
                 ax.annotate(f"{p['x']:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if target and rendering in target.get("forget", {}) and rendering in target.get("retain", {}):
+            ax.plot([target["retain"][rendering]], [target["forget"][rendering]], "*", color="black", markersize=12,
+                    label="retain model (target)")
         ax.axvline(5, color="grey", linestyle=":", linewidth=1)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(f"{RENDERING_LABELS[rendering]} (numbers: alpha % or steps)")
         ax.set_xlabel("retain drop (points)")
     axes[0].set_ylabel("forget drop (points)")
     axes[1].legend(fontsize=7, loc="best")
-    return save_figure(fig, path, [{k: p[k] for k in ("label", "family", "param", "x", "drops")} for p in points])
+    data = [{k: p[k] for k in ("label", "family", "param", "x", "drops")} for p in points]
+    return save_figure(fig, path, data + ([{"label": "retain model (target)", "drops": target}] if target else []))
 
 
 def plot_balance(summary: dict, path) -> Path:

@@ -162,3 +162,17 @@ def test_compare_with_retain_row(small_world, small_vanilla, small_retain, tmp_p
     header = (tmp_path / "run" / "summary.csv").read_text().splitlines()[0]
     assert "dist→retain img+txt" in header and "forget quality text" in header and "collapse img+txt" in header
     assert "Retain" in json.loads((tmp_path / "run" / "unlearning_metrics.json").read_text())["metrics"]
+
+
+def test_tradeoff_figure_marks_the_retain_target(tmp_path):
+    import json
+
+    from manu_lite.report import plot_tradeoff
+
+    drops = {"forget": {"image_text": 10.0, "text_only": 8.0}, "retain": {"image_text": 1.0, "text_only": 2.0}}
+    points = [{"label": f"GA {s} steps", "family": "GA", "param": "steps", "x": s, "drops": drops} for s in (1, 2)]
+    path = plot_tradeoff(points, tmp_path / "t.png", target={"forget": {"image_text": 30.0, "text_only": 30.0},
+                                                             "retain": {"image_text": 0.5, "text_only": 0.5}})
+    data = json.loads(path.with_suffix(".json").read_text())
+    assert data[-1]["label"] == "retain model (target)" and data[-1]["drops"]["forget"]["text_only"] == 30.0
+    assert path.stat().st_size > 1000
