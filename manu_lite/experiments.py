@@ -63,12 +63,14 @@ def verify_mask(model, mask, batch) -> "object":
         claims["their down_proj / fc2 columns are zero"] = all(
             bool((sites[n].out_module.weight[:, i] == 0).all()) for n, i in pruned.items())
         claims["their gate_proj, up_proj / fc1 rows (and biases) are zero"] = all(
-            bool((m.weight[i] == 0).all()) and (m.bias is None or bool((m.bias[i] == 0).all()))
-            for n, i in pruned.items() for m in sites[n].in_modules)
+            bool((m.weight[rows] == 0).all()) and (m.bias is None or bool((m.bias[rows] == 0).all()))
+            for n, i in pruned.items() for rows in [sites[n].in_rows(i)] for m in sites[n].in_modules)
         allowed = 0
         for n, i in pruned.items():
             out, ins = sites[n].out_module, sites[n].in_modules
-            allowed += len(i) * (out.weight.shape[0] + sum(m.weight.shape[1] + (m.bias is not None) for m in ins))
+            # A fused gate_up_proj feeds each neuron from two rows (site.in_rows).
+            rows = len(sites[n].in_rows(i))
+            allowed += len(i) * out.weight.shape[0] + rows * sum(m.weight.shape[1] + (m.bias is not None) for m in ins)
         changed = sum(int((v != before[k]).sum()) for k, v in model.state_dict().items())
         claims["nothing else changed (changed entries ≤ those rows and columns)"] = 0 < changed <= allowed
     claims["after restore: every parameter bit-identical"] = all(

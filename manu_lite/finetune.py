@@ -193,6 +193,9 @@ def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, ret
     # Write into a temporary directory and rename it into place: a cache entry is complete or absent.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the renamed cache entry should read like a normal mkdir
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
