@@ -200,3 +200,36 @@ def test_report_token_counts_are_the_recall_and_all_counts_by_hand(small_world, 
     _, report = manu_unlearn(model, processor, forget, retain, ManuConfig(alpha=5, positions="all"),
                              adapter=adapter, batch_size=3, progress=False)
     assert report.tokens == {k: v[1] for k, v in expected.items()}
+
+
+# ------------------------------------------------------------------------------------------- streamed totals
+def test_streamed_updates_equal_one_pass_formulas_for_every_statistic():
+    """Batches of 1, 3 and 5 rows, float32 (mean 1000x the spread) and bfloat16 input, against float64 formulas
+    on all rows at once: merging (Chan's update, the running sums) must not depend on how tokens are batched."""
+    g = torch.Generator().manual_seed(11)
+    rows32 = (1000.0 + 1e-2 * torch.randn(9, 3, generator=g)).float()
+    rows16 = torch.randn(4, 3, generator=g).to(torch.bfloat16)
+    tau = 999.999
+    s = NeuronStats.zeros(3, tau)
+    for chunk in (rows32[:1], rows32[1:4], rows32[4:9]):
+        s.update_(chunk)
+    a = rows32.double()
+    mean = a.mean(0)
+    assert s.count.item() == 9
+    assert torch.allclose(s.sum, a.sum(0), rtol=1e-12)
+    assert torch.allclose(s.sum_abs, a.abs().sum(0), rtol=1e-12)
+    assert torch.allclose(s.sum_sq, (a * a).sum(0), rtol=1e-6)  # squares are taken in the input dtype
+    assert torch.allclose(s.m2, ((a - mean) ** 2).sum(0), rtol=1e-6)
+    assert torch.equal(s.count_above, (a.abs() > tau).sum(0).double())
+    assert torch.allclose(s.std, a.std(0, unbiased=False), rtol=1e-6)
+    assert torch.allclose(s.std_unbiased, a.std(0, unbiased=True), rtol=1e-6)
+    b = NeuronStats.zeros(3, 0.5)
+    b.update_(rows16[:2]).update_(rows16[2:])
+    h = rows16.double()
+    assert b.count.item() == 4 and b.sum.dtype == torch.float64
+    assert torch.allclose(b.sum, h.sum(0), rtol=1e-9) and torch.allclose(b.m2, ((h - h.mean(0)) ** 2).sum(0), rtol=1e-6)
+    assert torch.equal(b.count_above, (h.abs() > 0.5).sum(0).double())
+    merged = NeuronStats.from_activations(rows32[:4], tau) + NeuronStats.from_activations(rows32[4:], tau)
+    for name in ("count", "sum", "sum_abs", "sum_sq", "count_above"):
+        assert torch.allclose(getattr(merged, name), getattr(s, name), rtol=1e-12), name
+    assert torch.allclose(merged.m2, s.m2, rtol=1e-6)
