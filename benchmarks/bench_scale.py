@@ -1,6 +1,6 @@
 """MANU's costs at LLaVA-1.5-7B's widths, measured on CPU: a slice of the real model, a few layers per tower.
 
-    python benchmarks/bench_scale.py                       # float32, 2 + 3 layers: 6-10 min on 2 cores, < 8 GB
+    python benchmarks/bench_scale.py                       # float32, 2 + 3 layers, 1 thread: ~9 min, < 8 GB
     python benchmarks/bench_scale.py --dtype bfloat16      # where the CPU has native bf16 (AMX, AVX512-BF16)
     python benchmarks/bench_scale.py --quick               # tiny widths, the same code in seconds (the test)
 
@@ -18,8 +18,8 @@ Model (no download): ``LlavaForConditionalGeneration`` from ``gpu_bench.build_ll
    pass.
 2. **Statistics memory** (``memory``): bytes held after one batch by the streamed statistics (``StatsTable``:
    a float64 count and five float64 vectors per site) and by the store-everything collector of the released code
-   (``gpu_bench.naive_collect``: every site's activations, model dtype), per batch size, sequence length and
-   rendering.
+   (``gpu_bench.naive_collect``: every site's activations, model dtype), on the same forward, per batch size,
+   sequence length and rendering.
 3. **Cost** (``cost``): each method in its own subprocess (a fresh model; its peak host memory is its own):
    MANU end to end (``manu_unlearn``: forget and retain statistics passes in both renderings, processor-encoded
    batches of a synthetic world, selection) and ``--steps`` steps of GA, GradDiff, KL and NPO (``unlearn_with``:
@@ -40,8 +40,9 @@ Model (no download): ``LlavaForConditionalGeneration`` from ``gpu_bench.build_ll
 
 Every time that enters a ratio or an extrapolation is taken with one clock, ``--clock``: ``cpu`` (the default) is
 this process's CPU time over all its threads, which other processes on a shared machine inflate far less than wall
-time (with several threads OpenMP spin-waits still count: on this project's 2 shared cores a contended run read
-about 20 % more CPU time, and 2.4x the wall time); ``wall`` is elapsed time. Seconds are of that clock.
+time; ``wall`` is elapsed time. Seconds are of that clock. With several threads a descheduled thread leaves the
+others spinning at OpenMP barriers, which CPU time counts, so the default is ``--threads 1`` (on this project's two
+busy shared cores, 2 threads read hooked/plain 1.11x at recall positions where 1 thread read 1.00x).
 
 The last line of output is one JSON object with every figure.
 """
@@ -347,8 +348,10 @@ def memory_part(model, spec, dtype, args) -> dict:
             for batch_size in args.memory_batch_sizes:
                 batch = make_batches(spec, 1, batch_size, text_len, args.answer_len, dtype, torch.device("cpu"),
                                      args.seed, image=rendering == "image_text")
-                table = collect_stats(model, batch, candidates, progress=False)
-                stored, oom = naive_collect(model, sites, batch)
+                tables = []  # both collectors on one forward: ours inside the store-everything pass
+                stored, oom = naive_collect(model, sites, batch, run=lambda m, b: tables.append(
+                    collect_stats(m, b, candidates, progress=False)))
+                table = tables[0]
                 naive = {t: sum(x.nbytes for name, x in stored if towers[name] == t) for t in FULL_LAYERS}
                 del stored
                 ours = {t: sum(table_bytes({n: table[n]}) for n in table if towers[n] == t) for t in FULL_LAYERS}
@@ -682,10 +685,14 @@ def parse_args(argv=None):
                         help="CLIP layers of the slice (the model has 24; with vision_feature_layer=-2 the last two "
                              "are not backpropagated through their own output, so 3 leaves one typical layer)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default). 1 by default: on a shared machine a thread that "
+                             "is descheduled leaves the others spinning at OpenMP barriers, which inflates CPU time "
+                             "most for the many small kernels of the hooked pass (2 threads on 2 busy cores read "
+                             "1.11x where 1 thread read 1.00x)")
     parser.add_argument("--parts", default="overhead,memory,cost", help="comma-separated subset to run")
     parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="clock of the hooked/plain ratio")
-    parser.add_argument("--repeats", type=int, default=None, help="timing repeats over --time-batches (default 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="timing repeats over --time-batches (default 3)")
     parser.add_argument("--time-batches", type=int, default=2, help="distinct batches in the timing pairs")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the timing pairs")
     parser.add_argument("--text-len", type=int, default=None, help="prompt tokens besides the image (default 48)")
@@ -693,7 +700,7 @@ def parse_args(argv=None):
     parser.add_argument("--memory-batch-sizes", type=ints, default=None, help="default 1,2")
     parser.add_argument("--memory-text-lens", type=ints, default=None, help="default 48,304")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
-    parser.add_argument("--steps", type=int, default=3,
+    parser.add_argument("--steps", type=int, default=2,
                         help="baseline steps per method; one step = the median of those after the first")
     parser.add_argument("--method-batch-size", type=int, default=1,
                         help="forget samples per baseline step (graddiff/kl add as many retain samples)")
@@ -707,7 +714,7 @@ def parse_args(argv=None):
     parser.add_argument("--world", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = {"repeats": 2, "text_len": 8, "memory_batch_sizes": [1, 2], "memory_text_lens": [8, 24]}
-    slice_ = {"repeats": 4, "text_len": 48, "memory_batch_sizes": [1, 2], "memory_text_lens": [48, 304]}
+    slice_ = {"repeats": 3, "text_len": 48, "memory_batch_sizes": [1, 2], "memory_text_lens": [48, 304]}
     for key, value in (quick if args.quick else slice_).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -164,14 +164,15 @@ def plain_pass(model, batches) -> None:
         model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
 
 
-def naive_collect(model, sites, batches) -> tuple[list[tuple[str, torch.Tensor]], bool]:
+def naive_collect(model, sites, batches, run=plain_pass) -> tuple[list[tuple[str, torch.Tensor]], bool]:
     """The store-everything collector: every site's activations of every batch, kept on their device in the
-    model dtype. Returns ([(site name, stored tensor), ...], whether it ran out of memory)."""
+    model dtype, while ``run(model, batches)`` (default :func:`plain_pass`; e.g. ``collect_stats``, to measure both
+    collectors on one forward) runs. Returns ([(site name, stored tensor), ...], whether it ran out of memory)."""
     stored: list[tuple[str, torch.Tensor]] = []
     try:
         with record_neurons(model, sites, lambda site, acts: stored.append((site.name, acts.detach().clone()))), \
                 torch.no_grad():
-            plain_pass(model, batches)
+            run(model, batches)
     except torch.OutOfMemoryError:
         return stored, True
     return stored, False
