@@ -31,12 +31,13 @@ from .attacks import membership_auc, recovery, relearn_attack
 from .baselines import METHODS as BASELINES
 from .baselines import UnlearnConfig, unlearn_with
 from .bench import World
-from .config import RENDERINGS, SETS, TINY_EVAL, EvalConfig, ManuConfig
+from .config import RENDERINGS, TINY_EVAL, EvalConfig, ManuConfig
 from .cost import measure
 from .evaluate import Results, evaluate
 from .finetune import TrainConfig, training_items
 from .models import PromptAdapter
 from .report import paper_table, summary_table, write_table
+from .scores import balance, best_at_retain_budget, distance_to_retain, drops
 
 RETAIN = "Retain"  # the row of the retain model (trained without the forget people): the target
 LABELS = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "kl": "KL", "npo": "NPO",
@@ -120,62 +121,6 @@ def unlearn(method: str, model, processor, adapter: PromptAdapter, world: World,
 
 
 # ------------------------------------------------------------------------------------------------ scores
-def drops(results, vanilla: str = "Vanilla", method: str | None = None) -> dict:
-    """Vanilla minus ``method``, in points, per (set, rendering): the mean over tasks of the score drop.
-
-    Returns ``{method: {set: {rendering: points}}}`` (every method of ``results`` unless one is named), sets in
-    the order forget, test, retain, celebrity.
-    """
-    frame = results.frame() if hasattr(results, "frame") else Results(results).frame()
-    mean = frame.groupby(["method", "set", "rendering"])["value"].mean()
-    out = {}
-    for name in ([method] if method else list(dict.fromkeys(frame["method"]))):
-        out[name] = {s: {r: 100 * (mean[(vanilla, s, r)] - mean[(name, s, r)]) for r in RENDERINGS
-                         if (vanilla, s, r) in mean.index and (name, s, r) in mean.index} for s in SETS}
-        out[name] = {s: per for s, per in out[name].items() if per}
-    return out
-
-
-def balance(method_drops: dict) -> float:
-    """Modality balance: |Δforget(image+text) − Δforget(text-only)| in points (0 = both renderings forgotten alike)."""
-    forget = method_drops["forget"]
-    return abs(forget["image_text"] - forget["text_only"])
-
-
-def best_at_retain_budget(points: list[dict], budget: float = 5.0) -> dict:
-    """Per rendering, the point with the largest forget drop among those whose retain drop is <= ``budget`` in
-    *both* renderings (a method that wrecks image+text retain knowledge does not qualify for text-only).
-
-    ``points``: dicts with ``label`` and ``drops`` (``{set: {rendering: points}}``).
-    """
-    eligible = [p for p in points if max(p["drops"]["retain"].values()) <= budget]
-    best = {}
-    for rendering in RENDERINGS:
-        if eligible:
-            top = max(eligible, key=lambda p: p["drops"]["forget"][rendering])
-            best[rendering] = {"label": top["label"], "forget_drop": top["drops"]["forget"][rendering],
-                               "retain_drop": top["drops"]["retain"][rendering],
-                               "other_rendering_forget_drop": top["drops"]["forget"][_other(rendering)],
-                               "other_rendering_retain_drop": top["drops"]["retain"][_other(rendering)]}
-    return best
-
-
-def _other(rendering: str) -> str:
-    return RENDERINGS[1 - RENDERINGS.index(rendering)]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _forget_score(results, method: str, rendering: str | None = None) -> float:
     values = [r["value"] for r in results if r["method"] == method and r["set"] == "forget"
               and (rendering is None or r["rendering"] == rendering)]
@@ -345,20 +290,6 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     if config.attacks:
         paths.append(report.plot_robustness(summary, figures / "robustness.png"))
     return Comparison(results, costs, summary, sweep_records, points, attacks, paths)
-
-
-def distance_to_retain(results, method: str, retain: str = "Retain") -> dict:
-    """Per rendering: mean over every (set, task) of |method − retain| in points (0 = scores like the model that
-    never saw the forget people, on forget, test, retain and celebrity alike)."""
-    frame = results.frame() if hasattr(results, "frame") else Results(results).frame()
-    mean = frame.groupby(["method", "set", "task", "rendering"])["value"].mean()
-    out = {}
-    for rendering in RENDERINGS:
-        gaps = [abs(mean[(method, s, t, r)] - mean[(retain, s, t, r)]) for (m, s, t, r) in mean.index
-                if m == method and r == rendering and (retain, s, t, r) in mean.index]
-        if gaps:
-            out[rendering] = 100 * sum(gaps) / len(gaps)
-    return out
 
 
 def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearning: dict | None = None) -> dict:

@@ -29,9 +29,10 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import write_json
 from .bench import OPTION_LETTERS, MCQuestion, World
 from .config import RENDERINGS, EvalConfig
+from .protocol import (CLOZE_INSTRUCTION, GENERATION_INSTRUCTION, MC_INSTRUCTION, MLLMU_CLOZE_FEW_SHOT_SETS, MLLMU_MC_FEW_SHOT_SETS, MLLMU_NEW_TOKENS, cloze_correct, first_letter, mllmu_cloze_prompt, mllmu_cloze_shot, mllmu_few_shot_ids, mllmu_generation_prompt, mllmu_letter, mllmu_mc_prompt, mllmu_mc_shot, mllmu_response, mllmu_rouge, mllmu_test_image_index, rouge_l)
+from .results import Results, memorization_gate, results_frame  # noqa: F401  (re-exported)
 from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_context, collate, context_length, encode_item,
                      model_device,
                      to_device)
@@ -39,128 +40,6 @@ from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_contex
 METRIC = {"mc": "accuracy", "generation": "rougeL", "cloze": "accuracy", "generation_rouge1": "rouge1",
           "generation_rouge2": "rouge2"}
 LIKELIHOOD_PROTOCOLS = ("likelihood", "likelihood_norm", "likelihood_letter")
-MC_INSTRUCTION = "Just give ONE letter representing the answer directly."
-GENERATION_INSTRUCTION = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
-CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should replace the [Blank]."
-
-
-# -------------------------------------------------------------------------------------------- metrics
-_SCORER = None
-
-
-def rouge_l(reference: str, prediction: str) -> float:
-    """ROUGE-L F1 with Porter stemming (``rouge-score``), as the benchmark computes it."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORER.score(reference, prediction)["rougeL"].fmeasure
-
-
-def cloze_correct(ground_truth: str, response: str) -> bool:
-    """The benchmark's cloze rule: the answer appears in the response, ignoring case."""
-    return ground_truth.strip().lower() in response.lower()
-
-
-def first_letter(response: str, options: dict[str, str]) -> str | None:
-    """The benchmark's multiple-choice parse: the first character, upper-cased, if it names an option."""
-    stripped = response.strip()
-    letter = stripped[:1].upper()
-    return letter if letter in options else None
-
-
-# ------------------------------------------------------------------ the benchmark's protocol, rule by rule
-# Every string below is transcribed from MLLMU-Bench eval.py (franciscoliu/MLLMU-Bench, commit 0e3098e); the
-# comment on each rule names the function and lines. Nothing here depends on a model.
-MLLMU_NEW_TOKENS = 50  # eval.py:367,372,428,615,622,743,754 (5 only for Idefics2 text-only MC, :423)
-MLLMU_GENERATION_INSTRUCTION_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
-MLLMU_MC_FEW_SHOT_SETS = ("forget", "retain", "test")  # eval.py:344,398 mode in forget/retain_shared/test
-MLLMU_CLOZE_FEW_SHOT_SETS = ("forget", "retain", "test", "celebrity")  # eval.py:596 (+retain_celebrity)
-MLLMU_FEW_SHOT_PROFILES = {"mc": 1, "cloze": 2}  # eval.py:263-265 (1 profile); :501-503 (LLaVA: 2 profiles)
-
-
-def mllmu_options(question: str, options: dict[str, str]) -> str:
-    """eval.py:113-127 formulate_prompt_with_options: the question, then one ``{key}: {value}`` line per option."""
-    return question + "\n" + "\n".join(f"{key}: {value}" for key, value in options.items())
-
-
-def mllmu_mc_prompt(question: str, options: dict[str, str], rendering: str) -> str:
-    """eval.py:359-361 (image+text, ``USER: <image>\\n``) and :413-415 (text-only, ``USER:\\n``); no space after
-    ``ASSISTANT:``."""
-    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
-    return f"{head}{mllmu_options(question, options)}\n{MC_INSTRUCTION}\nASSISTANT:"
-
-
-def mllmu_mc_shot(question: str, options: dict[str, str], answer: str, rendering: str) -> str:
-    """One in-context MC example, eval.py:349-356 (image+text) / :403-410 (text-only): ``Question: …``, the four
-    options, ``Correct Answer: X``; no instruction and no ``ASSISTANT``."""
-    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
-    lines = "".join(f"{letter}: {options[letter]}\n" for letter in OPTION_LETTERS)
-    return f"{head}Question: {question}\n{lines}Correct Answer: {answer}\n"
-
-
-def mllmu_cloze_question(question: str) -> str:
-    """eval.py:578 (and :533,:544 for the shots): ``__`` becomes ``[Blank]``, then the instruction on its own line."""
-    return question.replace("__", "[Blank]") + "\n" + CLOZE_INSTRUCTION
-
-
-def mllmu_cloze_prompt(question: str, rendering: str) -> str:
-    """eval.py:606-608: ``USER: <image>\\n{q}\\nASSISTANT:`` / ``USER:\\n{q}\\nASSISTANT:`` (q already with the
-    instruction, :func:`mllmu_cloze_question`)."""
-    head = "USER: <image>\n" if rendering == "image_text" else "USER:\n"
-    return f"{head}{mllmu_cloze_question(question)}\nASSISTANT:"
-
-
-def mllmu_cloze_shot(question: str, answer: str, rendering: str) -> str:
-    """eval.py:599-600 (image+text: ``USER:<image>`` with no space) / :603-604 (text-only)."""
-    head = "USER:<image>\n" if rendering == "image_text" else "USER:\n"
-    return f"{head}{mllmu_cloze_question(question)}\nCorrect Answer: {answer}\n"
-
-
-def mllmu_generation_prompt(question: str, rendering: str) -> str:
-    """eval.py:731 (image+text, ends ``ASSISTANT: `` with a trailing space) and :751 (text-only: ``USER: `` with a
-    space, no ``accurately``, no trailing space). No few-shot examples."""
-    if rendering == "image_text":
-        return f"USER: <image>\n{question}\n{GENERATION_INSTRUCTION}\nASSISTANT: "
-    return f"USER: {question}\n{MLLMU_GENERATION_INSTRUCTION_TEXT}\nASSISTANT:"
-
-
-def mllmu_response(generated: str) -> str:
-    """eval.py:375,431,626-631,758-763: the text after the first ``ASSISTANT:`` (here: the generated continuation,
-    cut at any ``ASSISTANT:`` it contains), stripped."""
-    return generated.split("ASSISTANT:")[0].strip() if "ASSISTANT:" in generated else generated.strip()
-
-
-def mllmu_letter(response: str, options: dict[str, str]) -> str | None:
-    """eval.py:376,432: the first character of the stripped response, upper-cased, if it is an option key."""
-    return response[0].upper() if response and response[0].upper() in options else None
-
-
-def mllmu_rouge(reference: str, prediction: str) -> dict[str, float]:
-    """eval.py:680,782: ROUGE-1, ROUGE-2 and ROUGE-L F-measures with Porter stemming (``rouge-score``)."""
-    global _SCORER3
-    if _SCORER3 is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER3 = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    scores = _SCORER3.score(reference, prediction)
-    return {name: scores[name].fmeasure for name in ("rouge1", "rouge2", "rougeL")}
-
-
-_SCORER3 = None
-
-
-def mllmu_few_shot_ids(scored_ids: list[str], task: str, rng: random.Random, n: int | None = None) -> list[str]:
-    """eval.py:262-265 (MC) and :500-503 (cloze): ``random.sample`` of 1 (MC) or 2 (cloze) IDs from the set being
-    scored; here from a seeded generator. ``n`` overrides the count (``EvalConfig.few_shot`` for MC)."""
-    n = MLLMU_FEW_SHOT_PROFILES[task] if n is None else n
-    return rng.sample(list(scored_ids), min(n, len(scored_ids)))
-
-
-def mllmu_test_image_index(n_images: int, rng: random.Random) -> int:
-    """eval.py:324-325,573-574,717-718: one of the Test_Set row's ``images`` per row and per task (here seeded)."""
-    return rng.randrange(n_images)
 
 
 # ----------------------------------------------------------------------------------------- model calls
@@ -422,66 +301,6 @@ def _summary(values, details) -> dict:
     return {"value": sum(values) / len(values) if values else float("nan"), "n": len(values), "details": details}
 
 
-# -------------------------------------------------------------------------------------------- results
-class Results(list):
-    """A list of tidy records ``{method, set, rendering, task, metric, value, n}`` with table helpers.
-
-    ``meta`` holds what the run drew and decided: protocol, seeded draws (few-shot IDs, Test_Set image indices),
-    the SHA-256 of every prompt, dropped few-shot examples and, for ``method="vanilla"``, the memorization gate.
-    """
-
-    meta: dict = {}
-
-    def flag_lines(self) -> list[str]:
-        """Warnings to print beside the table (memorization gate, dropped few-shot examples)."""
-        lines = []
-        gate = self.meta.get("memorization")
-        if gate and not gate["passed"]:
-            lines.append("NOT MEMORIZED: the vanilla model does not know the forget set ("
-                         + "; ".join(gate["failures"] or ["nothing measured"]) + "); unlearning scores are moot")
-        if self.meta.get("dropped_shots_total"):
-            lines.append(f"{self.meta['dropped_shots_total']} few-shot examples dropped to fit the context")
-        return lines
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(list(self), columns=["method", "set", "rendering", "task", "metric", "value", "n"])
-
-    def table(self):
-        """Methods × (set, task, rendering), values in percent."""
-        frame = self.frame()
-        frame["value"] = frame["value"] * 100
-        pivot = frame.pivot_table(index="method", columns=["set", "task", "rendering"], values="value", sort=False)
-        return pivot.round(1)
-
-    def value(self, method: str, set: str, task: str, rendering: str) -> float:
-        for record in self:
-            if (record["method"], record["set"], record["task"], record["rendering"]) == (method, set, task, rendering):
-                return record["value"]
-        raise KeyError(f"no result for method={method!r} set={set!r} task={task!r} rendering={rendering!r}")
-
-    def save(self, path) -> None:
-        """The records to ``path``; ``meta`` (draws, prompt hash, dropped shots, gate) beside it as
-        ``<stem>.meta.json`` for the run manifest."""
-        from pathlib import Path
-
-        write_json(path, list(self))
-        if self.meta:
-            write_json(Path(path).with_suffix(".meta.json"), self.meta)
-
-    def __repr__(self) -> str:
-        methods = sorted({r["method"] for r in self})
-        return f"Results({len(self)} records, methods={methods})"
-
-
-def results_frame(results):
-    """Scores in percent, rows (set, task), columns (method, rendering): a compact view of
-    :class:`~manu_lite.evaluate.Results` for a notebook."""
-    frame = results.frame()
-    frame["value"] = 100 * frame["value"]
-    table = frame.pivot_table(index=["set", "task"], columns=["method", "rendering"], values="value", sort=False)
-    return table.round(1)
 
 
 def evaluate(model, processor, adapter: PromptAdapter, world: World, config: EvalConfig | None = None,
@@ -521,20 +340,3 @@ def evaluate(model, processor, adapter: PromptAdapter, world: World, config: Eva
     return results
 
 
-def memorization_gate(results, config: EvalConfig) -> dict:
-    """Does the (vanilla) model know the forget set? Forget MC accuracy and ROUGE-L per rendering against
-    ``config.gate_mc`` / ``config.gate_rouge``. ``passed`` is False when any measured value is below its
-    threshold: unlearning measured on such a run removes facts that were never learned."""
-    failures, checked = [], {}
-    for record in results:
-        if record["set"] != "forget":
-            continue
-        threshold = {"mc": config.gate_mc, "generation": config.gate_rouge}.get(record["task"])
-        if threshold is None:
-            continue
-        key = f"{record['task']}/{record['rendering']}"
-        checked[key] = record["value"]
-        if not record["value"] >= threshold:
-            failures.append(f"forget {key} = {record['value']:.3f} < {threshold}")
-    return {"passed": not failures and bool(checked), "checked": checked, "failures": failures,
-            "thresholds": {"mc": config.gate_mc, "rougeL": config.gate_rouge}}

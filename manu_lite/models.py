@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
-from .hooks import execution_device
+from .sites import execution_device
 
 IMAGE_TOKEN = "<image>"
 IGNORE = -100

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from manu_lite import hooks
+from manu_lite import sites as site_module
 from manu_lite.config import PROFILES, ManuConfig
 from manu_lite.hooks import find_sites, token_mask_from_batch
 from manu_lite.stats import collect_stats
@@ -59,9 +60,9 @@ def test_sites_in_both_towers(family):
         assert site.name == f"{site.tower}.{site.layer}.{site.out_proj}"
         assert site.in_projs == IN_PROJS[site.out_proj]
         assert f".{site.layer}." in f"{site.path}."  # the layer index comes from the module path
-        in_vision = any(hooks._VISION_PART.search(part) for part in site.path.split("."))
+        in_vision = any(site_module._VISION_PART.search(part) for part in site.path.split("."))
         assert in_vision == (site.tower == "vision"), site.path
-        assert not hooks._BRIDGE_PART.search(site.path), site.path
+        assert not site_module._BRIDGE_PART.search(site.path), site.path
 
 
 def test_statistics_at_recall_positions(family):
@@ -229,10 +230,10 @@ def test_unsupported_models_explain_and_can_be_registered(monkeypatch):
                  "register_mlp_layout(in_projs=('w1', 'w3'), out_proj='w2')",
                  "sites=[NeuronSite(", "<the module at layers.0.feed_forward>"):
         assert part in message
-    monkeypatch.setattr(hooks, "MLP_LAYOUTS", hooks.MLP_LAYOUTS)  # restored after the test
+    monkeypatch.setattr(site_module, "MLP_LAYOUTS", site_module.MLP_LAYOUTS)  # restored after the test
     hooks.register_mlp_layout(("w1", "w3"), "w2")
     hooks.register_mlp_layout(("w1", "w3"), "w2")  # idempotent
-    assert hooks.MLP_LAYOUTS.count((("w1", "w3"), "w2")) == 1
+    assert site_module.MLP_LAYOUTS.count((("w1", "w3"), "w2")) == 1
     # A text-only model has no vision tower: asking for both towers (the default) says so, not silently.
     with pytest.raises(ValueError, match=r"(?s)the vision tower of TinyLM has no MLP neuron site.*no module path "
                                          r"has a vision/visual/image/img component.*pass towers=\('language',\)"):
@@ -404,9 +405,9 @@ def test_new_layouts_both_towers_and_the_recorded_activation(new_family):
     sites = sites_quietly(model, new_family.warnings)
     assert {s.name: (s.width, s.fused) for s in sites} == new_family.expected
     for site in sites:
-        in_vision = any(hooks._VISION_PART.search(part) for part in site.path.split("."))
+        in_vision = any(site_module._VISION_PART.search(part) for part in site.path.split("."))
         assert in_vision == (site.tower == "vision"), site.path  # Phi-4's image_embed... is vision
-        assert not hooks._BRIDGE_PART.search(site.path) and "audio" not in site.path, site.path
+        assert not site_module._BRIDGE_PART.search(site.path) and "audio" not in site.path, site.path
     # The recorded activation is the input of the output projection = act(gate) * up (fused: the chunks of
     # gate_up_proj), act(fc1 x) for fc1/fc2 MLPs; computed here from the input projections' outputs.
     produced = {}
@@ -479,7 +480,7 @@ def state_of(state, module, model, tensor="weight"):
 
 def test_qwen3_vl_vision_tower_is_never_lost_in_silence(monkeypatch):
     model, _ = tiny_qwen3_vl()
-    monkeypatch.setattr(hooks, "MLP_LAYOUTS", hooks.MLP_LAYOUTS[:1] + hooks.MLP_LAYOUTS[2:3])  # the old layouts
+    monkeypatch.setattr(site_module, "MLP_LAYOUTS", site_module.MLP_LAYOUTS[:1] + site_module.MLP_LAYOUTS[2:3])  # the old layouts
     with pytest.raises(ValueError) as err:
         find_sites(model)
     message = str(err.value)
@@ -517,7 +518,7 @@ def test_phi4_multimodal_towers_audio_and_fused_layout(monkeypatch):
     unused = hooks.unused_sites(Phi4MultimodalForCausalLM(default))
     assert list(unused) == ["vision.1.fc2"] and "feature_layer=-2" in unused["vision.1.fc2"]
     # Without the fused layout the language tower would be lost: raised, with the call that fixes it.
-    monkeypatch.setattr(hooks, "MLP_LAYOUTS", tuple(x for x in hooks.MLP_LAYOUTS if x[0] != ("gate_up_proj",)))
+    monkeypatch.setattr(site_module, "MLP_LAYOUTS", tuple(x for x in site_module.MLP_LAYOUTS if x[0] != ("gate_up_proj",)))
     with pytest.raises(ValueError, match=r"(?s)the language tower of Phi4MultimodalForCausalLM has no MLP neuron "
                                          r"site.*model\.layers\.0\.mlp \(Phi4MultimodalMLP\): children gate_up_proj "
                                          r"\(Linear 64->512\), down_proj \(Linear 256->64\).*register_mlp_layout\("

@@ -6,6 +6,7 @@ import random
 
 import pytest
 from manu_lite import evaluate as ev
+from manu_lite import protocol as rules
 from manu_lite.config import EvalConfig, TINY_EVAL
 
 OPTIONS = {"A": "Riga", "B": "Oslo", "C": "Lima", "D": "Bern"}
@@ -13,64 +14,64 @@ OPTIONS = {"A": "Riga", "B": "Oslo", "C": "Lima", "D": "Bern"}
 
 def test_mc_prompts_transcribed():
     # eval.py:113-127 + :359-361 (image+text) and :413-415 (text-only, "USER:\n").
-    assert ev.mllmu_mc_prompt("Where?", OPTIONS, "image_text") == (
+    assert rules.mllmu_mc_prompt("Where?", OPTIONS, "image_text") == (
         "USER: <image>\nWhere?\nA: Riga\nB: Oslo\nC: Lima\nD: Bern\n"
         "Just give ONE letter representing the answer directly.\nASSISTANT:")
-    assert ev.mllmu_mc_prompt("Where?", OPTIONS, "text_only") == (
+    assert rules.mllmu_mc_prompt("Where?", OPTIONS, "text_only") == (
         "USER:\nWhere?\nA: Riga\nB: Oslo\nC: Lima\nD: Bern\n"
         "Just give ONE letter representing the answer directly.\nASSISTANT:")
 
 
 def test_mc_shot_transcribed():
     # eval.py:349-356 / :403-410: "Question: ", options, "Correct Answer: X", no instruction, no ASSISTANT.
-    assert ev.mllmu_mc_shot("Where?", OPTIONS, "C", "image_text") == (
+    assert rules.mllmu_mc_shot("Where?", OPTIONS, "C", "image_text") == (
         "USER: <image>\nQuestion: Where?\nA: Riga\nB: Oslo\nC: Lima\nD: Bern\nCorrect Answer: C\n")
-    assert ev.mllmu_mc_shot("Where?", OPTIONS, "C", "text_only") == (
+    assert rules.mllmu_mc_shot("Where?", OPTIONS, "C", "text_only") == (
         "USER:\nQuestion: Where?\nA: Riga\nB: Oslo\nC: Lima\nD: Bern\nCorrect Answer: C\n")
 
 
 def test_cloze_prompts_transcribed():
     # eval.py:578 (blank + instruction), :606-608 (prompt), :599-604 (shots; "USER:<image>" without a space).
     instruction = "Please **ONLY** provide the correct answer that should replace the [Blank]."
-    assert ev.mllmu_cloze_prompt("Born in __.", "image_text") == (
+    assert rules.mllmu_cloze_prompt("Born in __.", "image_text") == (
         f"USER: <image>\nBorn in [Blank].\n{instruction}\nASSISTANT:")
-    assert ev.mllmu_cloze_prompt("Born in __.", "text_only") == f"USER:\nBorn in [Blank].\n{instruction}\nASSISTANT:"
-    assert ev.mllmu_cloze_shot("Born in __.", "Riga", "image_text") == (
+    assert rules.mllmu_cloze_prompt("Born in __.", "text_only") == f"USER:\nBorn in [Blank].\n{instruction}\nASSISTANT:"
+    assert rules.mllmu_cloze_shot("Born in __.", "Riga", "image_text") == (
         f"USER:<image>\nBorn in [Blank].\n{instruction}\nCorrect Answer: Riga\n")
-    assert ev.mllmu_cloze_shot("Born in __.", "Riga", "text_only") == (
+    assert rules.mllmu_cloze_shot("Born in __.", "Riga", "text_only") == (
         f"USER:\nBorn in [Blank].\n{instruction}\nCorrect Answer: Riga\n")
 
 
 def test_generation_prompts_transcribed():
     # eval.py:731 (trailing space after "ASSISTANT:") and :751 ("USER: " with a space, no "accurately").
-    assert ev.mllmu_generation_prompt("Who?", "image_text") == (
+    assert rules.mllmu_generation_prompt("Who?", "image_text") == (
         "USER: <image>\nWho?\nAnswer the question based on your trained knowledge in one sentence accurately in "
         "ENGLISH.\nASSISTANT: ")
-    assert ev.mllmu_generation_prompt("Who?", "text_only") == (
+    assert rules.mllmu_generation_prompt("Who?", "text_only") == (
         "USER: Who?\nAnswer the question based on your trained knowledge in one sentence in ENGLISH.\nASSISTANT:")
 
 
 def test_parse_and_scores():
     # eval.py:375-376 / :431-432: strip, first character upper-cased if an option key.
-    assert ev.mllmu_letter(ev.mllmu_response("  b) Oslo"), OPTIONS) == "B"
-    assert ev.mllmu_letter(ev.mllmu_response("Oslo"), OPTIONS) is None
-    assert ev.mllmu_letter(ev.mllmu_response(""), OPTIONS) is None
-    assert ev.mllmu_response(" C\nUSER: x\nASSISTANT: D") == "C\nUSER: x"
+    assert rules.mllmu_letter(rules.mllmu_response("  b) Oslo"), OPTIONS) == "B"
+    assert rules.mllmu_letter(rules.mllmu_response("Oslo"), OPTIONS) is None
+    assert rules.mllmu_letter(rules.mllmu_response(""), OPTIONS) is None
+    assert rules.mllmu_response(" C\nUSER: x\nASSISTANT: D") == "C\nUSER: x"
     # eval.py:640-646: substring, case-insensitive.
-    assert ev.cloze_correct("Riga", "born in RIGA") and not ev.cloze_correct("Riga", "Oslo")
+    assert rules.cloze_correct("Riga", "born in RIGA") and not rules.cloze_correct("Riga", "Oslo")
     # eval.py:680,782: rouge1/2/L F with stemming.
-    scores = ev.mllmu_rouge("the cat sat on the mat", "the cat lay on a mat")
+    scores = rules.mllmu_rouge("the cat sat on the mat", "the cat lay on a mat")
     assert scores["rougeL"] == pytest.approx(4 / 6) and scores["rouge1"] == pytest.approx(4 / 6)
     assert scores["rouge2"] == pytest.approx(1 / 5)
-    assert ev.MLLMU_NEW_TOKENS == 50
-    assert ev.MLLMU_FEW_SHOT_PROFILES == {"mc": 1, "cloze": 2}
-    assert "celebrity" not in ev.MLLMU_MC_FEW_SHOT_SETS and "celebrity" in ev.MLLMU_CLOZE_FEW_SHOT_SETS
+    assert rules.MLLMU_NEW_TOKENS == 50
+    assert rules.MLLMU_FEW_SHOT_PROFILES == {"mc": 1, "cloze": 2}
+    assert "celebrity" not in rules.MLLMU_MC_FEW_SHOT_SETS and "celebrity" in rules.MLLMU_CLOZE_FEW_SHOT_SETS
 
 
 def test_draws_are_seeded():
     ids = [f"{i:03d}" for i in range(30)]
-    assert ev.mllmu_few_shot_ids(ids, "mc", random.Random(1)) == ev.mllmu_few_shot_ids(ids, "mc", random.Random(1))
-    assert len(ev.mllmu_few_shot_ids(ids, "cloze", random.Random(1))) == 2
+    assert rules.mllmu_few_shot_ids(ids, "mc", random.Random(1)) == rules.mllmu_few_shot_ids(ids, "mc", random.Random(1))
+    assert len(rules.mllmu_few_shot_ids(ids, "cloze", random.Random(1))) == 2
 
 
 @pytest.fixture(scope="module")
