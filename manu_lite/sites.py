@@ -1,8 +1,7 @@
-"""Where the MLP neurons of a multimodal LLM are: :class:`NeuronSite`, the known MLP layouts, and site discovery by
-structure (:func:`find_sites`, :func:`site_table`, :func:`unused_sites`). Nothing is dropped in silence: a requested
-tower without sites, or a layer of a tower without one, is an error (a warning with ``strict=False``).
-:mod:`manu_lite.hooks` records the activations of the sites found here.
-"""
+"""Where the MLP neurons of a multimodal LLM are: :class:`NeuronSite`, the known layouts, discovery by structure
+(:func:`find_sites`, :func:`site_table`, :func:`unused_sites`); nothing is dropped in silence (messages in
+:mod:`manu_lite.site_messages`). :mod:`manu_lite.hooks` records the activations of the sites found here."""
+from __future__ import annotations
 
 import re
 import warnings
@@ -13,11 +12,10 @@ import torch
 from torch import nn
 
 from .config import TOWERS
+from .site_messages import describe_module, linear_width, missing_layers, nothing_found, tower_missing
 
-# The MLP shapes we know: (input projections, output projection). Order matters: gated first.
-# ``register_mlp_layout`` adds more (e.g. Mixtral-style ``w1``/``w3``/``w2``). An input projection may stack
-# several blocks of ``width`` rows (a fused ``gate_up_proj`` holds the gate rows, then the up rows): the site's
-# ``fused`` is found from the shapes.
+# The MLP shapes we know: (input projections, output projection), gated first; ``register_mlp_layout`` adds more.
+# A fused input projection stacks blocks of ``width`` rows (gate, then up): ``fused`` is read from the shapes.
 MLP_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("gate_proj", "up_proj"), "down_proj"),  # Llama, Qwen, Gemma text; Qwen2.5-VL vision
     (("gate_up_proj",), "down_proj"),  # fused gate/up halves: Phi-3, Phi-4(-multimodal)
@@ -79,7 +77,7 @@ class NeuronSite:
         if not isinstance(self.fused, int) or self.fused < 1:
             raise ValueError(f"NeuronSite {self.name!r}: fused={self.fused!r} must be a positive integer (2 for a "
                              "fused gate_up_proj, else 1)")
-        width = _width(self.out_module)
+        width = linear_width(self.out_module)
         if width is not None and width != self.width:
             raise ValueError(f"NeuronSite {self.name!r}: width={self.width} but {self.out_proj}.in_features is "
                              f"{width}; the width must be the output projection's in_features")
@@ -138,11 +136,6 @@ def execution_device(module: nn.Module) -> torch.device | None:
     return next((p.device for p in params if p.device.type != "meta"), None)
 
 
-def _width(module: nn.Module) -> int | None:
-    width = getattr(module, "in_features", None)  # nn.Linear and quantized subclasses (bitsandbytes) keep it
-    return int(width) if width is not None else None
-
-
 def register_mlp_layout(in_projs: Iterable[str], out_proj: str) -> None:
     """Teach :func:`find_sites` (and so statistics, masks and ``manu_unlearn``) a new MLP layout.
 
@@ -177,8 +170,8 @@ def _match_layout(module: nn.Module) -> tuple[tuple[str, ...], str, int] | None:
     """The (in_projs, out_proj, fused) layout of an MLP module, or None when it is not one of ours."""
     for in_projs, out_proj in MLP_LAYOUTS:
         parts = [getattr(module, a, None) for a in (*in_projs, out_proj)]
-        if all(isinstance(p, nn.Module) and _width(p) is not None for p in parts):
-            fused = _fused_blocks(parts[:-1], _width(parts[-1]))
+        if all(isinstance(p, nn.Module) and linear_width(p) is not None for p in parts):
+            fused = _fused_blocks(parts[:-1], linear_width(parts[-1]))
             if fused is not None:
                 return in_projs, out_proj, fused
     return None
@@ -203,40 +196,18 @@ def _place(path: str) -> tuple[str | None, str | None]:
     return ("vision" if any(_VISION_PART.search(p) for p in parts) else "language"), None
 
 
-def _describe(module: nn.Module) -> str:
-    """``"w1 (Linear 16->32), act (SiLU)"``: a module's children with their types and Linear shapes."""
-    return ", ".join(f"{n} ({type(c).__name__}" + (f" {c.in_features}->{c.out_features})"
-                                                   if _width(c) is not None else ")")
-                     for n, c in module.named_children())
-
-
 def _why_not(module: nn.Module) -> str:
     """Why an MLP-like module matches none of :data:`MLP_LAYOUTS`."""
     named = dict(module.named_children())
     for in_projs, out_proj in MLP_LAYOUTS:
         if set(named) >= {*in_projs, out_proj}:
             parts = [named[a] for a in (*in_projs, out_proj)]
-            if not all(_width(p) is not None for p in parts):
+            if not all(linear_width(p) is not None for p in parts):
                 return f"has {'/'.join(in_projs)}/{out_proj} but they are not nn.Linear layers with in_features"
             return (f"has {'/'.join(in_projs)}/{out_proj} but their widths disagree ({out_proj} reads "
-                    f"{_width(parts[-1])}, the inputs write {[getattr(p, 'out_features', None) for p in parts[:-1]]})")
+                    f"{linear_width(parts[-1])}, the inputs write {[getattr(p, 'out_features', None) for p in parts[:-1]]})")
     layouts = " or ".join(f"{'/'.join(i)} -> {o}" for i, o in MLP_LAYOUTS)
     return f"not a known layout ({layouts})"
-
-
-def _suggest_layout(module: nn.Module) -> tuple[tuple[str, ...], str] | None:
-    """A guess at ``module``'s (in_projs, out_proj) from its Linear children's shapes: the output projection
-    reads ``w`` and writes ``h``; the input projections read ``h`` and write ``w`` (or ``2w``, fused)."""
-    linear = [(n, c) for n, c in module.named_children()
-              if _width(c) is not None and getattr(c, "out_features", None) is not None]
-    best, key = None, None
-    for name, out in linear:
-        width = out.in_features
-        ins = tuple(n for n, c in linear if n != name and c.in_features == out.out_features
-                    and c.out_features in (width, 2 * width))
-        if ins and (key is None or (len(ins), width / out.out_features) > key):
-            best, key = (ins, name), (len(ins), width / out.out_features)
-    return best
 
 
 @dataclass
@@ -256,7 +227,7 @@ class _Found:
     def line(self) -> str:
         where = f"{self.path or '(root)'} ({type(self.module).__name__})"
         if self.kind == "unrecognized":
-            return f"{where}: children {_describe(self.module)}; {self.reason}"
+            return f"{where}: children {describe_module(self.module)}; {self.reason}"
         return f"{where}: {self.reason}"
 
 
@@ -271,7 +242,7 @@ def _survey(model: nn.Module, towers: tuple[str, ...]) -> list[_Found]:
         layout = _match_layout(module)
         if layout is not None:
             in_projs, out_proj, fused = layout
-            width = _width(getattr(module, out_proj))
+            width = linear_width(getattr(module, out_proj))
             text = f"{'/'.join(in_projs)} -> {out_proj}" + (f" (fused x{fused})" if fused > 1 else "")
             row = _Found(path, module, "excluded", tower, layer, text, width)
             expert_list = [i for i in digits if i > 0 and _EXPERT_LIST.match(parts[i - 1])]
@@ -324,7 +295,7 @@ def site_table(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[dict]:
     towers = _check_towers(towers)
     return [{"path": f.path, "module": type(f.module).__name__, "tower": f.tower, "layer": f.layer,
              "layout": f.layout, "width": f.width, "site": f.site.name if f.site else None, "status": f.kind,
-             "reason": f.reason if f.kind != "unrecognized" else f"children {_describe(f.module)}; {f.reason}"}
+             "reason": f.reason if f.kind != "unrecognized" else f"children {describe_module(f.module)}; {f.reason}"}
             for f in _survey(model, towers)]
 
 
@@ -407,10 +378,10 @@ def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS, strict: bool = 
                              f"{site.path!r}; pass sites=[NeuronSite(...)] by hand with distinct layers")
         sites[site.name] = site
     if not sites:
-        raise ValueError(_nothing_found(model, towers, rows))
-    problems = [_tower_missing(model, tower, towers, rows) for tower in towers
+        raise ValueError(nothing_found(model, towers, rows, MLP_LAYOUTS))
+    problems = [tower_missing(model, tower, towers, rows) for tower in towers
                 if not any(s.tower == tower for s in sites.values())]
-    problems += _missing_layers(model, list(sites.values()), rows)
+    problems += missing_layers(model, list(sites.values()), rows)
     if problems:
         message = "\n".join(problems)
         if strict:
@@ -427,93 +398,3 @@ def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS, strict: bool = 
     return sorted(sites.values(), key=lambda s: (TOWERS.index(s.tower), s.layer, s.name))
 
 
-def _fix_hint(rows: list[_Found], without: str) -> str:
-    """What to do about the modules ``rows`` seen where sites are missing: register the layout of the first
-    unrecognized MLP (a guess from its shapes), or, where only routed experts are, go on without them knowingly."""
-    for row in rows:
-        if row.kind == "unrecognized":
-            guess = _suggest_layout(row.module)
-            call = (f"manu_lite.hooks.register_mlp_layout(in_projs={guess[0]!r}, out_proj={guess[1]!r})  # a guess "
-                    f"from the shapes of {row.path}" if guess is not None else
-                    "manu_lite.hooks.register_mlp_layout(in_projs=('w1', 'w3'), out_proj='w2')")
-            return (f"To fix it, register the MLP layout once for the model family:\n  {call}\n"
-                    f"(or pass strict=False to go on without {without}, with a warning)")
-    if rows and all(row.kind == "experts" for row in rows):
-        return ("manu_lite does not score routed experts with fused weights, so no layout can be registered for "
-                f"them: pass strict=False to go on without {without} (their experts stay untouched; say so with "
-                "the results), or score them with your own hooks")
-    return ("To fix it, register the MLP layout once for the model family, e.g.\n"
-            "  manu_lite.hooks.register_mlp_layout(in_projs=('w1', 'w3'), out_proj='w2')\n"
-            f"(or pass strict=False to go on without {without}, with a warning)")
-
-
-def _listing(rows: list[_Found], limit: int = 8) -> str:
-    lines = [r.line() for r in rows[:limit]] + ([f"… ({len(rows) - limit} more)"] if len(rows) > limit else [])
-    return "\n  ".join(lines)
-
-
-def _tower_missing(model: nn.Module, tower: str, towers: tuple[str, ...], rows: list[_Found]) -> str:
-    """The message when a requested tower found no site while another did."""
-    seen = [r for r in rows if r.tower == tower]
-    others = sorted({r.site.tower for r in rows if r.site is not None})
-    head = (f"find_sites: the {tower} tower of {type(model).__name__} has no MLP neuron site, so MANU would score "
-            f"and prune the {' and '.join(others)} tower only (towers={towers}).")
-    if not seen:
-        where = ("no module path has a vision/visual/image/img component" if tower == "vision"
-                 else "every MLP-like module is in the vision tower, a bridge or an audio encoder")
-        return (f"{head} It saw no MLP-like module there ({where}). If the model has no {tower} tower, pass "
-                f"towers={tuple(t for t in towers if t != tower)!r}; if it has one under another name, pass its "
-                f"sites by hand: NeuronSite(tower={tower!r}, layer=..., mlp=..., in_projs=(...), out_proj=..., "
-                "width=...); strict=False warns instead of raising.")
-    return f"{head} MLP-like modules it saw there:\n  {_listing(seen)}\n{_fix_hint(seen, 'this tower')}"
-
-
-def _missing_layers(model: nn.Module, sites: list[NeuronSite], rows: list[_Found]) -> list[str]:
-    """One message per layer list of a tower in which some numbered layers have no site."""
-    containers: dict[tuple[str, str], set[int]] = {}
-    for site in sites:
-        parts = site.path.split(".")
-        last = max(i for i, p in enumerate(parts) if p.isdigit())
-        containers.setdefault((site.tower, ".".join(parts[:last])), set()).add(site.layer)
-    problems = []
-    for (tower, path), layers in sorted(containers.items()):
-        try:
-            container = model.get_submodule(path)
-        except AttributeError:
-            continue
-        expected = sorted(int(n) for n, _ in container.named_children() if n.isdigit())
-        missing = [layer for layer in expected if layer not in layers]
-        if not missing:
-            continue
-        prefix = f"{path}." if path else ""
-        seen = [r for r in rows if any(r.path.startswith(f"{prefix}{m}.") or r.path == f"{prefix}{m}"
-                                       for m in missing)]
-        first = container.get_submodule(str(missing[0]))
-        listing = (_listing(seen) if seen else
-                   f"{prefix}{missing[0]} ({type(first).__name__}): children {_describe(first)}; no MLP-like module")
-        problems.append(
-            f"find_sites: {tower} layer(s) {missing} of {path or '(root)'} ({len(expected)} layers) have no MLP "
-            f"neuron site, so MANU would skip them without a word. MLP-like modules it saw there:\n  {listing}\n"
-            f"{_fix_hint(seen, 'these layers')}")
-    return problems
-
-
-def _nothing_found(model: nn.Module, towers: tuple[str, ...], rows: list[_Found]) -> str:
-    """The message of :func:`find_sites` when no site matched: what was found, why it did not count, what to do."""
-    layouts = " or ".join(f"{'/'.join(i)} -> {o}" for i, o in MLP_LAYOUTS)
-    unknown = [r for r in rows if r.kind == "unrecognized"]
-    lines = [r.line() for r in unknown[:8]] + (["… (more omitted)"] if len(unknown) > 8 else [])
-    lines += [r.line() for r in rows if r.kind in ("excluded", "experts")]
-    found = "\n  ".join(lines) or "(no module named like an MLP, and none with two or more nn.Linear children)"
-    example = next((r.path for r in unknown if r.path), "model.model.layers[0].mlp")
-    guess = next((g for g in map(lambda r: _suggest_layout(r.module), unknown) if g is not None), None)
-    register = (f"  manu_lite.hooks.register_mlp_layout(in_projs={guess[0]!r}, out_proj={guess[1]!r})  # a guess "
-                "from the shapes" if guess and len(guess[0]) and not guess[1].isdigit() else
-                "  manu_lite.hooks.register_mlp_layout(in_projs=('w1', 'w3'), out_proj='w2')")
-    return (f"no MLP neuron sites found in {type(model).__name__} for towers {towers}. Known layouts: {layouts}. "
-            f"Found:\n  {found}\n"
-            "To use this model, either register its MLP layout once for every model of the family:\n"
-            f"{register}\n"
-            "or, for statistics only (masks and manu_unlearn find sites by layout), pass sites by hand:\n"
-            f"  collect_stats(model, batches, sites=[NeuronSite(tower='language', layer=0, mlp=<the module at "
-            f"{example}>, in_projs=('w1', 'w3'), out_proj='w2', width=<w2.in_features>), ...])")
