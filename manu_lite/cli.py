@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .artifacts import RunManifest
-from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, ManuConfig
+from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, TINY_MANU, ManuConfig
 
 DEFAULT_OUT = "runs/demo"
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn = commands.add_parser("unlearn", help="MANU: score neurons on forget vs retain, prune, evaluate")
     _world_args(unlearn)
     unlearn.add_argument("--model", default="tiny", help="'tiny' or a transformers model name/path")
-    defaults = ManuConfig()
+    # The defaults are the demo's: the setting the 3-split method table supports (config.TINY_MANU).
+    defaults = TINY_MANU
     unlearn.add_argument("--alpha", type=float, default=defaults.alpha, help="percent of neurons to prune")
     unlearn.add_argument("--formulation", default=defaults.formulation, choices=FORMULATIONS,
                          help="paper: the paper's equations as written; reference: the released code's selection; "
