@@ -37,7 +37,7 @@ from .evaluate import Results, evaluate
 from .finetune import TrainConfig, training_items
 from .models import PromptAdapter
 from .report import paper_table, summary_table, write_table
-from .scores import balance, best_at_retain_budget, distance_to_retain, drops
+from .scores import balance, best_at_retain_budget, distance_to_retain, drops, question_records
 
 RETAIN = "Retain"  # the row of the retain model (trained without the forget people): the target
 LABELS = {"vanilla": "Vanilla", "ga": "GA", "graddiff": "GradDiff", "kl": "KL", "npo": "NPO",
@@ -206,6 +206,7 @@ class Comparison:
     sweep_points: list = field(default_factory=list)
     attacks: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
+    questions: list = field(default_factory=list)  # per-question scores (scores.question_records)
 
 
 def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, config: CompareConfig | None = None,
@@ -225,7 +226,7 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
     results, costs, reports, attacks = Results(), {}, {}, {}
     members = training_items(world.forget_train)
     non_members = training_items(holdout) if holdout else None
-    unlearning, timings = {}, {}
+    unlearning, timings, questions = {}, {}, []
 
     def field_metrics(label, model):
         if retain is not None and config.unlearning_metrics:
@@ -240,8 +241,10 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
             timings[label] = perf_counter() - start
 
     if retain is not None:
+        details = {}
         results.extend(evaluate(retain[0], processor, adapter, world, config.evaluation, method=RETAIN,
-                                progress=progress))
+                                progress=progress, details=details))
+        questions.extend(question_records(details, RETAIN))
         field_metrics(RETAIN, retain[0])
         if non_members and config.attacks:
             attacks[RETAIN] = {"mia": membership_auc(retain[0], processor, adapter, members, non_members)}
@@ -251,7 +254,10 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
         with measure() as cost:
             reports[label] = unlearn(method, model, processor, adapter, world, config, progress)
         costs[label] = cost
-        results.extend(evaluate(model, processor, adapter, world, config.evaluation, method=label, progress=progress))
+        details = {}
+        results.extend(evaluate(model, processor, adapter, world, config.evaluation, method=label, progress=progress,
+                                details=details))
+        questions.extend(question_records(details, label))
         field_metrics(label, model)
         if config.attacks:
             attacks[label] = {}
@@ -263,6 +269,7 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
                 attacks[label]["mia"] = membership_auc(model, processor, adapter, members, non_members)
         del model
     results.save(out / "results.json")
+    write_json(out / "questions.json", questions)
     write_json(out / "cost.json", {m: {**c, "report": reports[m]} for m, c in costs.items()})
     sweep_records, points = Results(), []
     if config.sweeps:
@@ -289,7 +296,7 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
         paths.append(report.plot_pruned_heatmap(masks, figures / "pruned_neurons.png"))
     if config.attacks:
         paths.append(report.plot_robustness(summary, figures / "robustness.png"))
-    return Comparison(results, costs, summary, sweep_records, points, attacks, paths)
+    return Comparison(results, costs, summary, sweep_records, points, attacks, paths, questions)
 
 
 def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearning: dict | None = None) -> dict:

@@ -298,6 +298,7 @@ def _likelihood_predictions(model, processor, adapter, questions, rendering, ima
 
 def _summary(values, details) -> dict:
     values = [float(v) for v in values]
+    details = [{**d, "value": v} for d, v in zip(details, values)]  # per question, for bootstrap intervals
     return {"value": sum(values) / len(values) if values else float("nan"), "n": len(values), "details": details}
 
 

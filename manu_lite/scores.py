@@ -6,6 +6,14 @@ from .config import RENDERINGS, SETS
 from .results import Results
 
 
+def question_records(details: dict, method: str) -> list[dict]:
+    """Per-question scores ``{method, set, rendering, task, id, value}`` from :func:`manu_lite.evaluate.evaluate`'s
+    ``details`` (keyed by (set, rendering, task); each entry carries its ``value`` in [0, 1] and the person ``id``),
+    in the order evaluated: the input of :func:`bootstrap` and :func:`paired_test`."""
+    return [{"method": method, "set": s, "rendering": r, "task": t, "id": d["id"], "value": float(d["value"])}
+            for (s, r, t), entries in details.items() for d in entries]
+
+
 def drops(results, vanilla: str = "Vanilla", method: str | None = None) -> dict:
     """Vanilla minus ``method``, in points, per (set, rendering): the mean over tasks of the score drop.
 
