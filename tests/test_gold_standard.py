@@ -1,0 +1,134 @@
+"""Bootstrap intervals and the paired test of :mod:`manu_lite.scores` on hand-made per-question scores with a
+known distribution, and benchmarks/gold_standard.py's report on them."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from manu_lite import scores as S
+from manu_lite.results import Results
+
+
+def records(method, values, set_name="forget", rendering="image_text", task="mc", people=None):
+    people = people or [f"p{i}" for i in range(len(values))]
+    return [{"method": method, "set": set_name, "rendering": rendering, "task": task, "id": who, "value": float(v)}
+            for v, who in zip(values, people)]
+
+
+def results_of(questions):
+    """Aggregated records as evaluate writes them: the mean per (method, set, rendering, task)."""
+    cells = {}
+    for q in questions:
+        cells.setdefault((q["method"], q["set"], q["rendering"], q["task"]), []).append(q["value"])
+    return Results([{"method": m, "set": s, "rendering": r, "task": t, "metric": "accuracy", "value": float(np.mean(v)),
+                     "n": len(v)} for (m, s, r, t), v in cells.items()])
+
+
+def test_interval_width_matches_the_binomial_standard_error():
+    # 400 questions, half right: the mean's standard error is sqrt(.25/400) = 0.025, a 95 % interval +-4.9 points.
+    values = np.array([1, 0] * 200)
+    q = records("Vanilla", np.ones(400)) + records("GA", values)
+    boot = S.Bootstrap(q, n_boot=4000, seed=0)
+    ci = S.drop_intervals(boot)["GA"]["forget"]["image_text"]
+    assert ci["value"] == pytest.approx(50.0)
+    assert ci["high"] - ci["low"] == pytest.approx(2 * 1.96 * 2.5, rel=0.1)
+    assert ci["low"] < 50 < ci["high"]
+
+
+def test_percentile_intervals_cover_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(200):
+        q = records("Vanilla", np.ones(100)) + records("GA", rng.random(100) < 0.3)
+        ci = S.drop_intervals(S.Bootstrap(q, n_boot=500, seed=trial))["GA"]["forget"]["image_text"]
+        covered += ci["low"] <= 70 <= ci["high"]
+    assert 0.89 <= covered / 200 <= 0.99
+
+
+def test_deterministic_by_seed():
+    rng = np.random.default_rng(2)
+    q = records("Retain", rng.random(30)) + records("KL", rng.random(30))
+    a, b = S.Bootstrap(q, n_boot=300, seed=7), S.Bootstrap(q, n_boot=300, seed=7)
+    c = S.Bootstrap(q, n_boot=300, seed=8)
+    key = ("KL", "forget", "image_text", "mc")
+    assert np.array_equal(a.draws[key], b.draws[key])
+    assert not np.array_equal(a.draws[key], c.draws[key])
+    assert S.distance_intervals(a) == S.distance_intervals(b)
+
+
+def test_points_equal_the_aggregate_scores():
+    rng = np.random.default_rng(3)
+    q = []
+    for method in ("Vanilla", "Retain", "GA"):
+        for s in ("forget", "retain"):
+            for r in ("image_text", "text_only"):
+                for t in ("mc", "cloze", "generation"):
+                    q += records(method, rng.random(12), s, r, t)
+    boot = S.Bootstrap(q, n_boot=50)
+    assert S.distance_intervals(boot)["GA"]["text_only"]["value"] == pytest.approx(
+        S.distance_to_retain(results_of(q), "GA")["text_only"])
+    assert S.drop_intervals(boot)["GA"]["retain"]["image_text"]["value"] == pytest.approx(
+        S.drops(results_of(q))["GA"]["retain"]["image_text"])
+    assert "Retain" not in S.distance_intervals(boot)
+
+
+def test_pairing_cancels_the_shared_question_difficulty():
+    # Question difficulty varies wildly, the method is the vanilla minus exactly 0.1 on every question: the paired
+    # drop is exactly 10 points on every replicate.
+    difficulty = np.linspace(0.1, 1.0, 50)
+    q = records("Vanilla", difficulty) + records("NPO", difficulty - 0.1)
+    ci = S.drop_intervals(S.Bootstrap(q, n_boot=200))["NPO"]["forget"]["image_text"]
+    assert ci["low"] == pytest.approx(10) and ci["high"] == pytest.approx(10)
+
+
+def test_person_bootstrap_is_wider_when_a_persons_questions_agree():
+    # 4 people x 10 questions; two people all right, two all wrong: 40 questions but only 4 independent units.
+    people = [f"p{i // 10}" for i in range(40)]
+    values = [1.0 if i // 10 < 2 else 0.0 for i in range(40)]
+    q = records("Vanilla", np.ones(40), people=people) + records("GA", values, people=people)
+    by_question = S.drop_intervals(S.Bootstrap(q, unit="question", n_boot=2000))["GA"]["forget"]["image_text"]
+    by_person = S.drop_intervals(S.Bootstrap(q, unit="person", n_boot=2000))["GA"]["forget"]["image_text"]
+    assert by_person["high"] - by_person["low"] > 2 * (by_question["high"] - by_question["low"])
+    assert by_person["value"] == by_question["value"] == pytest.approx(50)
+
+
+def test_paired_test_separates_a_closer_method_and_not_an_equal_one():
+    rng = np.random.default_rng(4)
+    boots, ties = [], []
+    for split in range(3):
+        retain = rng.random(60)
+        near, far = retain + rng.normal(0, 0.02, 60), retain + 0.2 + rng.normal(0, 0.02, 60)
+        q = records("Retain", retain) + records("KL", near) + records("GA", far) + records("Twin", near)
+        boots.append(S.Bootstrap(q, n_boot=1000, seed=split))
+    test = S.paired_distance_test(boots, "KL", "GA", "image_text")
+    assert test["difference"] < -15 and test["high"] < 0 and test["p"] == pytest.approx(1 / 1000)
+    assert test["a_closer_splits"] == 3 and test["splits"] == 3
+    same = S.paired_distance_test(boots, "KL", "Twin", "image_text")
+    assert same["difference"] == 0 and same["p"] == 1.0
+    pooled = S.pooled_interval([S.distance_replicates(b, "GA", "image_text") for b in boots])
+    assert pooled["low"] < pooled["value"] < pooled["high"] and pooled["std"] >= 0
+
+
+def test_bad_input_is_named():
+    q = records("Retain", [1, 0, 1]) + records("GA", [1, 0])
+    with pytest.raises(ValueError, match="other questions"):
+        S.Bootstrap(q)
+    with pytest.raises(ValueError, match="unit"):
+        S.Bootstrap(records("GA", [1.0]), unit="sentence")
+    with pytest.raises(ValueError, match="no per-question records"):
+        S.Bootstrap([])
+    with pytest.raises(ValueError, match="n_boot"):
+        S.paired_distance_test([S.Bootstrap(records("Retain", [1, 0]) + records("GA", [0, 0]), n_boot=10),
+                                S.Bootstrap(records("Retain", [1, 0]) + records("GA", [0, 0]), n_boot=20)],
+                               "GA", "GA", "image_text")
+
+
+def test_question_records_from_evaluate_details():
+    details = {("forget", "text_only", "mc"): [{"id": "a", "question": "q", "value": 1.0},
+                                              {"id": "b", "question": "r", "value": 0.0}]}
+    assert S.question_records(details, "GA") == [
+        {"method": "GA", "set": "forget", "rendering": "text_only", "task": "mc", "id": "a", "value": 1.0},
+        {"method": "GA", "set": "forget", "rendering": "text_only", "task": "mc", "id": "b", "value": 0.0}]
