@@ -49,7 +49,6 @@ def test_small_mode_prints_one_sane_json_line(gpu_bench, capsys):
     naive = batches * size * 4 * (2 * seq * 256 + 2 * 17 * 128)
     assert result["naive_held_bytes"] == naive and not result["naive_oom"]
     assert result["memory_ratio_naive_over_ours"] == round(naive / result["ours_held_bytes"], 1)
-    assert result["total_s"] < 30
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is visible")
