@@ -19,8 +19,11 @@ The reference model of KL and NPO is a frozen ``copy.deepcopy`` of the vanilla m
 models); with ``lora=True`` it is the same network with its adapters disabled (``model.disable_adapter()``), so
 no second copy of 7B weights is held.
 
-:func:`unlearn_with` **mutates the model it is given** (and returns a report): the caller keeps the vanilla
-weights, e.g. ``copy.deepcopy(vanilla)`` before each method, or reloads them from the cache.
+:func:`unlearn_with` **mutates the model it is given** (and returns a report). Full fine-tuning: the caller keeps
+the vanilla weights, e.g. ``copy.deepcopy(vanilla)`` before each method (tiny models). Large or quantized models:
+``with lora_adapters(vanilla, r) as network: unlearn_with(method, network, ...)`` trains fresh adapters on top of
+the frozen base weights, evaluates with them active, and removes them on exit (``unload`` without merging), so
+the next method starts from the vanilla weights and no copy of the model is ever made.
 """
 from __future__ import annotations
 
@@ -156,6 +159,30 @@ class FrozenReference:
 
 
 # ------------------------------------------------------------------------------------------------ training
+def is_peft(model) -> bool:
+    """Whether ``model`` is a peft model (its adapters can be disabled and unloaded)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "unload")
+
+
+@contextlib.contextmanager
+def lora_adapters(model, r: int = 16, seed: int = 0):
+    """``model`` wrapped in fresh rank-``r`` LoRA adapters (seeded), removed on exit without merging.
+
+    The base weights are frozen and never written (4-bit weights could not be merged back exactly anyway): after
+    the block ``model`` computes exactly what it computed before, so one loaded model serves every method in turn.
+    Yields the peft model; pass it to :func:`unlearn_with` (which then trains it and leaves the adapters active).
+    """
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    torch.manual_seed(seed)
+    network = add_lora(model, r)  # freezes the base weights
+    try:
+        yield network
+    finally:
+        network.unload()  # puts the original modules back into ``model``
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable.get(name, p.requires_grad))
+
+
 class _LazyEncoding:
     """``encoded[i]`` for :func:`iter_batches`, encoding item i on first use: a run encodes only what it trains on
     (a few batches of a large retain set), and the batch sequence does not depend on the step budget."""
@@ -192,6 +219,9 @@ def unlearn_with(method: str, model, processor, adapter: PromptAdapter, world: W
     LoRA adapters active). The learning rate is constant and the batch sequence fixed, so the state after k
     steps of a long run is the state a k-step run ends in: one run with ``on_step`` serves a sweep over steps.
     The report holds the method, the config, the per-step losses, the item counts and the wall time.
+
+    ``config.lora`` with a plain model: adapters are added, trained and merged into its weights (the model is
+    changed). With a peft model (:func:`lora_adapters`) its adapters are trained and stay active, unmerged.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -199,8 +229,9 @@ def unlearn_with(method: str, model, processor, adapter: PromptAdapter, world: W
     renderings = RENDERING_CHOICES[config.renderings]
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    network = add_lora(model, config.lora_r) if config.lora else model
-    reference = FrozenReference(network, config.lora) if method in ("kl", "npo") else None
+    given_adapters = is_peft(model)
+    network = add_lora(model, config.lora_r) if config.lora and not given_adapters else model
+    reference = FrozenReference(network, config.lora or given_adapters) if method in ("kl", "npo") else None
     device = model_device(network)
     forget_items = training_items(world.forget_train, renderings)
     retain_items = training_items(world.retain_train, renderings) if method in ("graddiff", "kl") else []
@@ -232,7 +263,7 @@ def unlearn_with(method: str, model, processor, adapter: PromptAdapter, world: W
             on_step(step, network)
             network.train()
     network.eval()
-    if config.lora:
+    if config.lora and not given_adapters:
         network.merge_and_unload()  # folds the adapters into ``model``'s own weights
     del reference
     return {"method": method, "config": config.to_dict(), "losses": losses, "forget_items": len(forget_items),

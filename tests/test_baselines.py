@@ -147,3 +147,52 @@ def test_unknown_choices_are_refused(small_world, small_vanilla):
         UnlearnConfig(renderings="image")
     with pytest.raises(ValueError, match="method"):
         unlearn_with("gd", *small_vanilla, small_world)
+
+
+def test_lora_methods_share_one_model_without_copies_and_each_starts_from_vanilla(small_world, small_vanilla,
+                                                                                  batches, monkeypatch):
+    """The large-model path: fresh adapters per method on the one loaded model (no deep copy of any module, the
+    base tensors never reallocated or written), KL's and NPO's reference the disabled adapters, and after a method
+    the model is the vanilla model again, so the next method trains exactly as on a freshly loaded one."""
+    if __import__("os").environ.get("CI") == "true":
+        __import__("peft")
+    else:
+        pytest.importorskip("peft")
+    from manu_lite.baselines import lora_adapters
+
+    vanilla, processor, adapter = small_vanilla
+    fresh = copy.deepcopy(vanilla)  # the test's own copies, made before deep copies are watched
+    model = copy.deepcopy(vanilla)
+    _, retain = batches
+    with torch.no_grad():
+        vanilla_logits = model(**{k: v for k, v in retain.items() if k != "labels"}).logits
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    real_deepcopy = copy.deepcopy
+
+    def watched(obj, *args, **kwargs):
+        assert not isinstance(obj, torch.nn.Module), f"a deep copy of a {type(obj).__name__} was made"
+        return real_deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", watched)
+    config = UnlearnConfig(renderings="text_only", steps=2, batch_size=4, lr=1e-2, lora=True, lora_r=4)
+    losses = {}
+    for method in ("kl", "npo"):
+        with lora_adapters(model, config.lora_r, config.seed) as network:
+            losses[method] = unlearn_with(method, network, processor, adapter, small_world, config,
+                                          progress=False)["losses"]
+            with torch.no_grad():
+                adapted = network(**{k: v for k, v in retain.items() if k != "labels"}).logits
+            assert not torch.allclose(adapted, vanilla_logits), "the trained adapters must change the model"
+            base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+                    for n, p in network.named_parameters() if "lora_" not in n}
+            assert all(base[n].data_ptr() == ptr and torch.equal(base[n], w) for n, (ptr, w) in before.items())
+        after = dict(model.named_parameters())
+        assert set(after) == set(before)  # no adapter left behind
+        assert all(after[n].data_ptr() == ptr and torch.equal(after[n], w) for n, (ptr, w) in before.items())
+        with torch.no_grad():
+            assert torch.equal(model(**{k: v for k, v in retain.items() if k != "labels"}).logits, vanilla_logits)
+    monkeypatch.setattr(copy, "deepcopy", real_deepcopy)
+    # the second method (after the first one's adapters were removed) trains exactly as on a fresh vanilla model
+    with lora_adapters(fresh, config.lora_r, config.seed) as network:
+        assert unlearn_with("npo", network, processor, adapter, small_world, config, progress=False)["losses"] == \
+            losses["npo"]
