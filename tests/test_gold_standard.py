@@ -132,3 +132,25 @@ def test_question_records_from_evaluate_details():
     assert S.question_records(details, "GA") == [
         {"method": "GA", "set": "forget", "rendering": "text_only", "task": "mc", "id": "a", "value": 1.0},
         {"method": "GA", "set": "forget", "rendering": "text_only", "task": "mc", "id": "b", "value": 0.0}]
+
+
+def test_gold_standard_report_names_the_closest_method_with_its_test():
+    spec = importlib.util.spec_from_file_location("gold_standard", Path(__file__).parents[1] / "benchmarks" /
+                                                  "gold_standard.py")
+    gold = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gold)
+    rng = np.random.default_rng(5)
+    runs = []
+    for split in ("forget_5", "forget_10", "forget_15"):
+        retain = rng.random(40)
+        q = (records("Retain", retain) + records("Vanilla", np.ones(40)) + records("KL", retain + 0.01)
+             + records("GA", np.zeros(40)))
+        cell = {"distance": None, "forget_quality": 0.5, "privleak_loss": 10.0, "privleak_min_k_pp": None,
+                "extraction": 0.1, "collapse": 0.0}
+        rows = {m: {"image_text": cell, "text_only": cell} for m in ("Retain", "Vanilla", "KL", "GA")}
+        runs.append({"split": split, "rows": rows, "timings": {"compare": 1.0}, "questions": q})
+    text = gold.report(runs, n_boot=200)
+    assert "closest to the retain model (image_text): KL" in text
+    assert "vs GA" in text and "KL closer on 3/3 splits" in text
+    with pytest.raises(SystemExit, match="per-question"):
+        gold.report([{**runs[0], "questions": []}])
