@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
+from .bench_schema import BenchImage, pil_image
 from .sites import execution_device
 
 IMAGE_TOKEN = "<image>"
@@ -143,8 +144,8 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
     """Load a transformers MLLM by hub name or path: ``(model, processor, adapter)``.
 
     The tiny profile's model is trained, not downloaded: use :func:`manu_lite.finetune.vanilla_model` for it.
-    ``load_in_4bit`` (the ``colab`` profile) needs bitsandbytes and a CUDA GPU, both checked before anything is
-    downloaded; it quantizes to NF4 with float16 compute (T4s have no bfloat16) and defaults ``device_map`` to
+    ``load_in_4bit`` (the ``colab`` profile) needs bitsandbytes and a CUDA GPU (or bitsandbytes >= 0.49, which
+    runs NF4 on the CPU), both checked before anything is downloaded; it quantizes to NF4 with float16 compute (T4s have no bfloat16) and defaults ``device_map`` to
     ``"auto"``. 4-bit weights cannot be zeroed: prune with ``ManuConfig(prune_mode="activation")``.
     ``device_map="auto"`` spreads a model over the visible GPUs (accelerate); statistics then stay on each
     layer's device (see :mod:`manu_lite.distributed`).
@@ -177,13 +178,18 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
 
 
 def check_4bit_support() -> None:
-    """``RuntimeError`` unless 4-bit loading can work here: bitsandbytes installed and a CUDA GPU visible."""
+    """``RuntimeError`` unless 4-bit loading can work here: bitsandbytes installed and a CUDA GPU visible, or
+    bitsandbytes >= 0.49 (its NF4 kernels run on the CPU: the CPU rehearsal, :mod:`manu_lite.rehearsal`)."""
+    import importlib.metadata
     import importlib.util
 
     missing = []
-    if importlib.util.find_spec("bitsandbytes") is None:
+    installed = importlib.util.find_spec("bitsandbytes") is not None
+    if not installed:
         missing.append("the bitsandbytes package (pip install 'bitsandbytes>=0.46')")
-    if not torch.cuda.is_available():
+    version = importlib.metadata.version("bitsandbytes").split(".") if installed else ["0", "0"]
+    cpu_kernels = tuple(int(p) for p in version[:2]) >= (0, 49)
+    if not torch.cuda.is_available() and not cpu_kernels:
         missing.append("a CUDA GPU (Colab: Runtime > Change runtime type > T4 GPU)")
     if missing:
         raise RuntimeError(f"load_in_4bit=True needs {' and '.join(missing)}. Without them, load in float16/bfloat16 "
@@ -196,13 +202,15 @@ def check_4bit_support() -> None:
 class Item:
     """One prompt to encode: a question, its rendering, the image (image+text only) and, optionally, an answer.
 
+    ``image`` is a PIL image or a :class:`~manu_lite.bench_schema.BenchImage`, decoded when the item is encoded.
+
     ``prefix`` (with the images it refers to, ``prefix_images``) is text placed before the prompt: few-shot
     examples.
     """
 
     question: str
     rendering: str
-    image: Image.Image | None = None
+    image: Image.Image | BenchImage | None = None
     answer: str | None = None
     prefix: str = ""
     prefix_images: tuple = ()
@@ -220,7 +228,7 @@ def encode_item(processor, adapter: PromptAdapter, item: Item, add_eos: bool = T
     """
     tokenizer = tokenizer_of(processor)
     prompt = item.prefix + adapter.prompt(item.question, item.rendering)
-    images = list(item.prefix_images) + ([item.image] if item.rendering == "image_text" else [])
+    images = [pil_image(x) for x in list(item.prefix_images) + ([item.image] if item.rendering == "image_text" else [])]
     if item.rendering == "image_text" and item.image is None:
         raise ValueError(f"image+text item without an image: {item.question!r}")
     if IMAGE_TOKEN in prompt and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
@@ -302,11 +310,11 @@ def iter_batches(processor, adapter: PromptAdapter, items: list[Item], batch_siz
                  seed: int = 0, padding_side: str = "right", encoded: list[dict] | None = None):
     """Yield padded batches of ``items``, each batch holding one rendering.
 
-    With ``shuffle`` the order is a seeded permutation (same seed → same batches). Pass ``encoded`` (from
-    :func:`encode_item` over ``items``) to skip re-encoding across epochs.
+    With ``shuffle`` the order is a seeded permutation (same seed → same batches). Items are encoded (and their
+    images decoded) per batch, when the batch is due, so host memory holds one batch of inputs, not the whole
+    list's. Pass ``encoded`` (a sequence with ``encoded[i]`` from :func:`encode_item` of ``items[i]``) to skip
+    re-encoding across epochs.
     """
-    if encoded is None:
-        encoded = [encode_item(processor, adapter, item) for item in items]
     order = list(range(len(items)))
     if shuffle:
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -318,7 +326,9 @@ def iter_batches(processor, adapter: PromptAdapter, items: list[Item], batch_siz
         chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=torch.Generator().manual_seed(seed + 1))]
     pad = tokenizer_of(processor).pad_token_id
     for chunk in chunks:
-        yield collate([encoded[i] for i in chunk], pad, padding_side)
+        batch = [encoded[i] for i in chunk] if encoded is not None else \
+            [encode_item(processor, adapter, items[i]) for i in chunk]
+        yield collate(batch, pad, padding_side)
 
 
 def answer_nll(model, batch: dict, per_sequence: bool = False) -> torch.Tensor:

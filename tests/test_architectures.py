@@ -644,6 +644,7 @@ def test_four_bit_weights_need_and_get_activation_mode():
 
 
 def test_colab_profile_loads_in_4bit_or_says_what_is_missing(monkeypatch):
+    import importlib.metadata
     import importlib.util
 
     assert PROFILES["colab"].load_in_4bit and PROFILES["colab"].model == "MLLMMU/LLaVA_Vanilla"
@@ -655,5 +656,6 @@ def test_colab_profile_loads_in_4bit_or_says_what_is_missing(monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)bitsandbytes package.*and a CUDA GPU.*prune_mode='activation'"):
         load_mllm(PROFILES["colab"].model, load_in_4bit=True)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.48.2")  # before bitsandbytes' CPU kernels
     with pytest.raises(RuntimeError, match=r"needs a CUDA GPU \(Colab"):
         load_mllm(PROFILES["colab"].model, load_in_4bit=True)
