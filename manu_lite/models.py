@@ -146,7 +146,8 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
     The tiny profile's model is trained, not downloaded: use :func:`manu_lite.finetune.vanilla_model` for it.
     ``load_in_4bit`` (the ``colab`` profile) needs bitsandbytes and a CUDA GPU (or bitsandbytes >= 0.49, which
     runs NF4 on the CPU), both checked before anything is downloaded; it quantizes to NF4 with float16 compute
-    (T4s have no bfloat16) and defaults ``device_map`` to ``"auto"``. 4-bit weights cannot be zeroed: prune with ``ManuConfig(prune_mode="activation")``.
+    (T4s have no bfloat16) and defaults ``device_map`` to ``"auto"``. 4-bit weights cannot be zeroed: MANU's
+    default ``prune_mode="auto"`` then masks activations.
     ``device_map="auto"`` spreads a model over the visible GPUs (accelerate); statistics then stay on each
     layer's device (see :mod:`manu_lite.distributed`).
     """
