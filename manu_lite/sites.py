@@ -331,19 +331,19 @@ def unused_layers(model: nn.Module) -> dict[int, str]:
                    "output never reaches the language model" for layer in range(last, n_layers)}
 
 
-def unused_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> dict[str, str]:
-    """Sites :func:`find_sites` leaves out because the model never uses their output (see :func:`unused_layers`):
-    site name → reason."""
+def unused_sites(model: nn.Module, towers: Iterable[str] = TOWERS, strict: bool = True) -> dict[str, str]:
+    """Sites :func:`find_sites` (``strict`` passed on) leaves out because the model never uses their output (see
+    :func:`unused_layers`): site name → reason."""
     layers = unused_layers(model)
     if not layers or "vision" not in tuple(towers):
         return {}
-    return {s.name: layers[s.layer] for s in find_sites(model, ("vision",)) if s.layer in layers}
+    return {s.name: layers[s.layer] for s in find_sites(model, ("vision",), strict) if s.layer in layers}
 
 
-def candidate_sites(model: nn.Module, towers: Iterable[str] = TOWERS) -> list[NeuronSite]:
+def candidate_sites(model: nn.Module, towers: Iterable[str] = TOWERS, strict: bool = True) -> list[NeuronSite]:
     """:func:`find_sites` without :func:`unused_sites`: the sites MANU scores, and whose neurons alpha counts."""
-    unused = unused_sites(model, towers)
-    return [s for s in find_sites(model, towers) if s.name not in unused]
+    unused = unused_sites(model, towers, strict)
+    return [s for s in find_sites(model, towers, strict) if s.name not in unused]
 
 
 def find_sites(model: nn.Module, towers: Iterable[str] = TOWERS, strict: bool = True) -> list[NeuronSite]:
