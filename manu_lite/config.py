@@ -98,12 +98,12 @@ class ManuConfig:
             raise ValueError("emulate_released_defects=True emulates the released code, i.e. formulation='reference'; "
                              f"got formulation={self.formulation!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0 < self.alpha <= 100):
-            raise ValueError(f"alpha={self.alpha!r} is out of range: it is a percentage of neurons, 0 < alpha <= 100 "
-                             "(e.g. alpha=10 prunes 10 %)")
+            raise ValueError(f"alpha={self.alpha!r} is out of range: it is a percentage of neurons, 0 < alpha <= 100; "
+                             "pass e.g. alpha=10 (prunes 10 %)")
         if not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"tau={self.tau!r} must be a finite number >= 0 (the released code uses 0.1)")
+            raise ValueError(f"tau={self.tau!r} must be a finite number >= 0; use e.g. tau=0.1 (the released code's)")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon={self.epsilon!r} must be a finite number > 0 (e.g. 1e-5)")
+            raise ValueError(f"epsilon={self.epsilon!r} must be a finite number > 0; use e.g. epsilon=1e-5")
         if not self.towers:
             raise ValueError("towers is empty; choose at least one of 'language', 'vision'")
         for tower in self.towers:

@@ -80,7 +80,7 @@ class NeuronSite:
         width = linear_width(self.out_module)
         if width is not None and width != self.width:
             raise ValueError(f"NeuronSite {self.name!r}: width={self.width} but {self.out_proj}.in_features is "
-                             f"{width}; the width must be the output projection's in_features")
+                             f"{width}; pass width={width} (the output projection's in_features)")
         for attr in self.in_projs:
             rows = getattr(getattr(self.mlp, attr), "out_features", None)
             if rows is not None and rows != self.fused * self.width:
