@@ -38,6 +38,7 @@ from manu_lite.importance import select  # noqa: E402
 from manu_lite.manu import manu_unlearn  # noqa: E402
 from manu_lite.profiles import profile_world, tiny_vanilla  # noqa: E402
 from manu_lite.prune import NeuronMask  # noqa: E402
+from manu_lite.released import output_sites, select_released  # noqa: E402
 
 METHODS = ("paper", "reference", "balanced")
 SETS = ("forget", "retain", "celebrity")
@@ -102,14 +103,21 @@ def main() -> None:
         # One statistics pass over all towers, reused by every method and alpha.
         _, report = manu_unlearn(model, processor, world.forget_train, world.retain_train,
                                  ManuConfig(towers=towers), adapter=adapter, progress=False)
+        # The defects emulation records projection outputs: its own statistics pass, reused for its alphas.
+        _, defect_report = manu_unlearn(model, processor, world.forget_train, world.retain_train, defects,
+                                        adapter=adapter, progress=False)
         sites = {s.name: s for s in find_sites(model, towers)}
+        recorded = output_sites(model, list(sites.values()))
         chosen = {}
         for name, alpha in grid:
             config = replace(configs[name], alpha=alpha)
-            indices = select(report.stats, config)
+            if config.emulate_released_defects:  # neurons (rows of gate/up/fc1) + residual channels (down/fc2)
+                indices, channels = select_released(defect_report.stats, recorded, config)
+            else:
+                indices, channels = select(report.stats, config), {}
             chosen[(name, alpha)] = neuron_set(indices)
-            used = [sites[n] for n in indices]
-            mask = NeuronMask.from_sites(indices, used, mode=config.prune_mode)
+            used = [sites[n] for n in {*indices, *channels}]
+            mask = NeuronMask.from_sites(indices, used, mode=config.prune_mode, channels=channels)
             with mask.applied(model):
                 after = evaluate(model, processor, adapter, world, evaluation, method="manu", progress=False)
             key = f"{name} a={alpha:g}"

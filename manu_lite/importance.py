@@ -14,7 +14,7 @@ The statistics they read are streamed by :mod:`manu_lite.stats`. Each name means
                 (:func:`reference_score`); vision neurons scored on image_text, language neurons on text_only; one
                 threshold per tower: k = int(alpha/100 · n), mask = score >= k-th largest (ties all kept, so a
                 tie can select more than k) (:func:`select_threshold`). Per-layer sites, no padding, true neurons.
-                ``emulate_released_defects=True`` adds the code's pooling defects (:func:`select_reference`).
+                ``emulate_released_defects=True`` adds the code's defects (:mod:`manu_lite.released`).
 ``"balanced"``  this book's modality-balanced variant, neither of the above: per rendering the ratio of plain
                 magnitudes Σ w_k M_k(forget) / (Σ w_k M_k(retain) + ε) (:func:`balanced_rendering_score`), the two
                 rankings interleaved until alpha % distinct neurons are chosen (:func:`select_union`); when the two
@@ -220,48 +220,18 @@ def select(stats: StatsByKey, config: ManuConfig) -> dict[str, Tensor]:
 
 
 def select_reference(stats: StatsByKey, config: ManuConfig) -> dict[str, Tensor]:
-    """The released code's selection (``formulation="reference"``).
+    """The released code's selection rule (``formulation="reference"``) with this book's fixes:
+    :func:`reference_score` per site and :func:`select_threshold` per ``config.selection_scope`` unit (default one
+    per tower, as the code's two score dicts).
 
-    Default (``emulate_released_defects=False``): :func:`reference_score` per site and :func:`select_threshold`
-    per ``config.selection_scope`` unit (default one per tower, as the code's two score dicts).
-
-    ``emulate_released_defects=True`` reproduces what the code's hard-coded hook names do: per tower, the
-    statistics of all its layers are pooled (samples × layers, per width), one score vector is computed from the
-    pool, it enters the tower's threshold three times (the code's keys ``_21, _22, _23`` / ``_29, _30, _31`` hold
-    identical statistics), and the selected indices are pruned in the tower's **last three layers** only, the
-    same indices in each. (The code's other defects — padding counted, residual output rows zeroed, fc2/down_proj
-    outputs scored — are not emulated here; pair with ``prune_mode`` to choose how the mask is applied.)
+    ``emulate_released_defects=True`` needs projection-output statistics, not neuron statistics:
+    :func:`manu_lite.manu.manu_unlearn` collects them and selects with :func:`manu_lite.released.select_released`.
     """
-    if not config.emulate_released_defects:
-        return select_threshold(score_neurons(stats, config), config.alpha, config.selection_scope)
-    w, eps = config.statistic_weights, config.epsilon
-    names = _candidate_sites(stats, config.towers)
-    selected = {n: torch.zeros(0, dtype=torch.long) for n in names}
-    for tower in TOWERS:
-        sites = [n for n in names if site_tower(n) == tower]
-        if not sites:
-            continue
-        rendering = REFERENCE_RENDERING[tower]
-        forget, retain = _table(stats, "forget", rendering), _table(stats, "retain", rendering)
-        by_width: dict[int, list[str]] = {}
-        for n in sites:
-            by_width.setdefault(forget[n].width, []).append(n)
-        pooled = {}
-        for width, group in by_width.items():
-            score = reference_score(sum(forget[n] for n in group), sum(retain[n] for n in group), weights=w, eps=eps)
-            last = sorted(group, key=site_layer)[-3:]
-            pooled[width] = (score, last)
-        # The code's flat pool: each width's pooled score once per hooked key (three keys per module kind).
-        flat = torch.cat([score.double().repeat(len(last)) for score, last in pooled.values()])
-        k = int(config.alpha / 100 * flat.numel())
-        if k == 0:
-            continue
-        threshold = torch.topk(flat, k).values[-1]
-        for score, last in pooled.values():
-            idx = (score.double() >= threshold).nonzero().squeeze(1)
-            for n in last:
-                selected[n] = idx
-    return selected
+    if config.emulate_released_defects:
+        raise ValueError("emulate_released_defects=True scores projection outputs (manu_lite.released), not these "
+                         "neuron statistics; run manu_unlearn(model, processor, forget, retain, config), which "
+                         "collects them")
+    return select_threshold(score_neurons(stats, config), config.alpha, config.selection_scope)
 
 
 def select_threshold(scores: Mapping[str, Tensor], alpha: float, scope: str = "tower") -> dict[str, Tensor]:

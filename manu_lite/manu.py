@@ -16,11 +16,12 @@ import torch
 
 from .config import RENDERINGS, ManuConfig
 from .finetune import training_items
-from .hooks import candidate_sites, unused_sites
+from .hooks import candidate_sites, find_sites, unused_sites
 from .importance import DATASETS, select, selection_summary
 from .stats import collect_stats
 from .models import PromptAdapter, iter_batches, prompt_adapter_for
 from .prune import NeuronMask, uneditable_sites
+from .released import output_sites, record_outputs, select_released
 
 
 @dataclass
@@ -88,6 +89,16 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
+    # The released code's emulation records projection outputs, not neurons, of every layer, used or not
+    # (manu_lite.released).
+    emulate = config.emulate_released_defects
+    if emulate and collector is not collect_stats:
+        raise ValueError("emulate_released_defects=True records projection outputs with collect_stats; the "
+                         "distributed collector does not support it — run the emulation in one process")
+    if emulate:
+        sites, excluded = find_sites(model, config.towers), {}
+    recorded = output_sites(model, sites) if emulate else sites
+    recording = {"recorder": record_outputs} if emulate else {}
     stats = {}
     for dataset, records in zip(DATASETS, (forget, retain)):
         for rendering in RENDERINGS:
@@ -96,14 +107,15 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
                 raise ValueError(f"the {dataset} records have no {rendering} question/answer pairs")
             batches = iter_batches(processor, adapter, items, batch_size)
             stats[(dataset, rendering)] = collector(
-                model, batches, sites, positions=config.positions, tau=config.tau, progress=progress,
-                seed=config.seed, max_batches=config.max_batches, desc=f"{dataset} {rendering}")
+                model, batches, recorded, positions=config.positions, tau=config.tau, progress=progress,
+                seed=config.seed, max_batches=config.max_batches, desc=f"{dataset} {rendering}", **recording)
     collected = time.perf_counter()
-    indices = select(stats, config)
-    mask = NeuronMask.from_sites(indices, sites, mode=config.prune_mode, config=config.to_dict(), alpha=config.alpha,
+    indices, channels = select_released(stats, recorded, config) if emulate else (select(stats, config), {})
+    mask = NeuronMask.from_sites(indices, sites, mode=config.prune_mode, channels=channels,
+                                 config=config.to_dict(), alpha=config.alpha,
                                  model_id=model_id or getattr(getattr(model, "config", None), "_name_or_path", ""))
     # Tokens are reported for one language site (all language sites see the same tokens), else one vision site.
-    first = next((s.name for s in sites if s.tower == "language"), sites[0].name)
+    first = next((s.name for s in recorded if s.tower == "language"), recorded[0].name)
     report = ManuReport(
         config=config.to_dict(),
         selection=selection_summary(indices, {s.name: s.width for s in sites}),

@@ -12,6 +12,10 @@ Three modes (``manu_lite.config.PRUNE_MODES``):
 ``"activation"``   a forward pre-hook on ``down_proj``/``fc2`` zeroes the neurons' activations; weights are untouched,
                    so it works on quantized (e.g. 4-bit) models whose weights cannot be edited.
 
+A mask may also carry ``channels``: residual channels of a site's ``down_proj``/``fc2`` output to zero *as well*
+(its rows and bias entries; a forward hook on its output in ``"activation"`` mode). Only the released code's
+emulation (:mod:`manu_lite.released`) makes them, since that code prunes ``down_proj``/``fc2`` rows.
+
 ::
 
     mask = NeuronMask({"language.0.down_proj": torch.tensor([3, 17])})
@@ -37,6 +41,56 @@ from .importance import selection_summary
 
 FORMAT = "manu-lite-mask"
 VERSION = 1
+CHANNELS = "channels:"  # key prefix of the output channels in mask.safetensors
+
+
+def _site_indices(indices: Mapping[str, Tensor | Sequence[int]], what: str) -> dict[str, Tensor]:
+    """Validated copies: site name → sorted unique int64 CPU indices."""
+    out: dict[str, Tensor] = {}
+    for name, idx in indices.items():
+        try:
+            site_tower(name), site_layer(name)
+        except (IndexError, ValueError):
+            raise ValueError(f"mask key {name!r} is not a site name like 'language.3.down_proj'") from None
+        idx = torch.as_tensor(idx)
+        if idx.dim() != 1 or (idx.numel() and (idx.is_floating_point() or idx.is_complex() or idx.min() < 0)):
+            raise ValueError(f"{what} of {name} must be a 1-D tensor of non-negative integers, got "
+                             f"{idx.dtype} of shape {tuple(idx.shape)}")
+        out[name] = torch.unique(idx.long().cpu())  # unique() also sorts
+    return out
+
+
+def _row_targets(out: nn.Module, idx: Tensor) -> list[tuple[nn.Module, Tensor, int, Tensor]]:
+    """The rows (and bias entries) ``idx`` of an output projection: residual channels of the MLP's output."""
+    return [(out, t, 0, idx) for t in (out.weight, getattr(out, "bias", None)) if t is not None]
+
+
+def _on_device(copies: dict, device: torch.device) -> Tensor:
+    # Indices follow the activations' device (weights may be on "meta" when offloaded): one copy each.
+    idx = copies.get(device)
+    if idx is None:
+        idx = copies[device] = copies[torch.device("cpu")].to(device)
+    return idx
+
+
+def _zeroing_pre_hook(idx: Tensor):
+    """A forward pre-hook that zeroes the neurons ``idx`` of an output projection's input."""
+    copies = {torch.device("cpu"): idx}
+
+    def zero_neurons(module, args):
+        x = args[0]
+        # Out of place: the caller's tensor may be saved for backward or reused.
+        return (x.index_fill(-1, _on_device(copies, x.device), 0), *args[1:])
+    return zero_neurons
+
+
+def _zeroing_hook(idx: Tensor):
+    """A forward hook that zeroes the channels ``idx`` of an output projection's output."""
+    copies = {torch.device("cpu"): idx}
+
+    def zero_channels(module, args, output):
+        return output.index_fill(-1, _on_device(copies, output.device), 0)
+    return zero_channels
 
 
 def weight_problem(module: nn.Module) -> str | None:
@@ -82,38 +136,35 @@ class NeuronMask:
     mode:    ``"neuron"``, ``"output_rows"`` or ``"activation"`` (see the module docstring).
     meta:    free metadata saved with the mask; :meth:`from_sites` fills ``widths`` (site → neuron count, used by
              :meth:`check_fits`), and callers add ``model_id``, ``config`` (a dict) and ``alpha``.
+    channels: site name → residual channels (``< hidden size``) of its output projection to zero as well
+             (module docstring); empty by default.
 
     A mask is applied to at most one model at a time; :meth:`restore` puts back exactly what :meth:`apply`
     changed (only the touched rows/columns are copied), also usable as ``with mask.applied(model):``.
     """
 
     def __init__(self, indices: Mapping[str, Tensor | Sequence[int]], mode: str = "neuron",
-                 meta: Mapping | None = None):
+                 meta: Mapping | None = None, channels: Mapping[str, Tensor | Sequence[int]] | None = None):
         if mode not in PRUNE_MODES:
             raise ValueError(f"unknown prune mode {mode!r}; choose one of {PRUNE_MODES}")
-        self.indices: dict[str, Tensor] = {}
-        for name, idx in indices.items():
-            try:
-                site_tower(name), site_layer(name)
-            except (IndexError, ValueError):
-                raise ValueError(f"mask key {name!r} is not a site name like 'language.3.down_proj'") from None
-            idx = torch.as_tensor(idx)
-            if idx.dim() != 1 or (idx.numel() and (idx.is_floating_point() or idx.is_complex() or idx.min() < 0)):
-                raise ValueError(f"indices of {name} must be a 1-D tensor of non-negative integers, got "
-                                 f"{idx.dtype} of shape {tuple(idx.shape)}")
-            self.indices[name] = torch.unique(idx.long().cpu())  # unique() also sorts
+        if channels and mode == "output_rows":
+            raise ValueError("mode='output_rows' indices already are output channels; pass them as indices, "
+                             "not channels")
+        self.indices = _site_indices(indices, "indices")
+        self.channels = _site_indices(channels or {}, "channels")
         self.mode = mode
         self.meta = dict(meta or {})
         self._applied: tuple[nn.Module, list] | None = None
 
     @classmethod
     def from_sites(cls, indices: Mapping[str, Tensor], sites: Sequence[NeuronSite], mode: str = "neuron",
-                   **meta) -> "NeuronMask":
+                   channels: Mapping[str, Tensor] | None = None, **meta) -> "NeuronMask":
         """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits)."""
-        return cls(indices, mode, {"widths": {s.name: s.width for s in sites}, **meta})
+        return cls(indices, mode, {"widths": {s.name: s.width for s in sites}, **meta}, channels)
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Neurons (output channels in ``"output_rows"`` mode); :attr:`channels` are counted apart."""
         return sum(len(i) for i in self.indices.values())
 
     @property
@@ -130,7 +181,8 @@ class NeuronMask:
         towers = ", ".join(f"{t} {c['selected']}" + (f"/{c['of']}" if c["of"] else "")
                            for t, c in summary["per_tower"].items())
         state = ", applied" if self.is_applied else ""
-        return f"NeuronMask(mode={self.mode!r}, {len(self)} {self._unit()}: {towers or 'none'}{state})"
+        channels = f", + {sum(len(i) for i in self.channels.values())} output channels" if self.channels else ""
+        return f"NeuronMask(mode={self.mode!r}, {len(self)} {self._unit()}: {towers or 'none'}{channels}{state})"
 
     def _unit(self) -> str:
         return "output channels" if self.mode == "output_rows" else "neurons"
@@ -138,9 +190,17 @@ class NeuronMask:
     # ---- fitting a model ------------------------------------------------------------------------------------
     def check_fits(self, model: nn.Module) -> dict[str, NeuronSite]:
         """The model's site for every mask key; ``ValueError`` naming the site when the mask does not fit."""
-        towers = sorted({site_tower(n) for n in self.indices})
+        towers = sorted({site_tower(n) for n in (*self.indices, *self.channels)})
         sites = {s.name: s for s in find_sites(model, towers)} if towers else {}
         widths = self.meta.get("widths", {})
+        for name in self.channels:
+            idx = self.channels[name]
+            if name not in sites:
+                raise ValueError(f"mask channel site {name!r} is not in this model ({type(model).__name__})")
+            bound = sites[name].out_module.out_features
+            if len(idx) and int(idx[-1]) >= bound:
+                raise ValueError(f"mask channel {int(idx[-1])} at site {name!r} is out of range: its output has "
+                                 f"{bound} channels (the hidden size)")
         for name, idx in self.indices.items():
             site = sites.get(name)
             if site is None:
@@ -154,7 +214,7 @@ class NeuronMask:
                 raise ValueError(f"mask index {int(idx[-1])} at site {name!r} is out of range: it has {bound} "
                                  f"{self._unit()}" + (" (output_rows indices are residual channels, < hidden size)"
                                                       if self.mode == "output_rows" else ""))
-        return {name: sites[name] for name in self.indices}
+        return {name: sites[name] for name in (*self.indices, *self.channels)}
 
     # ---- apply / restore ------------------------------------------------------------------------------------
     def _targets(self, site: NeuronSite, idx: Tensor) -> list[tuple[nn.Module, Tensor, int, Tensor]]:
@@ -164,7 +224,7 @@ class NeuronMask:
         ``gate_up_proj`` (``site.fused == 2``) also ``idx + width``, the rows of the up half."""
         out = site.out_module
         if self.mode == "output_rows":
-            return [(out, t, 0, idx) for t in (out.weight, getattr(out, "bias", None)) if t is not None]
+            return _row_targets(out, idx)
         targets = [(out, out.weight, 1, idx)]
         rows = site.in_rows(idx)
         for module in site.in_modules:
@@ -177,19 +237,10 @@ class NeuronMask:
             raise RuntimeError("this mask is already applied; call restore() first (a mask serves one model at a time)")
         sites = self.check_fits(model)
         if self.mode == "activation":
-            handles = []
-            for name, site in sites.items():
-                # Indices follow the activations' device (weights may be on "meta" when offloaded): one copy each.
-                copies = {torch.device("cpu"): self.indices[name]}
-
-                def zero_neurons(module, args, copies=copies):
-                    x = args[0]
-                    idx = copies.get(x.device)
-                    if idx is None:
-                        idx = copies[x.device] = copies[torch.device("cpu")].to(x.device)
-                    # Out of place: the caller's tensor may be saved for backward or reused.
-                    return (x.index_fill(-1, idx, 0), *args[1:])
-                handles.append(site.out_module.register_forward_pre_hook(zero_neurons))
+            handles = [sites[name].out_module.register_forward_pre_hook(_zeroing_pre_hook(idx))
+                       for name, idx in self.indices.items()]
+            handles += [sites[name].out_module.register_forward_hook(_zeroing_hook(idx))
+                        for name, idx in self.channels.items()]
             self._applied = (model, handles)
             return self
         problems = uneditable_sites(sites.values())  # check everything before touching anything
@@ -198,7 +249,8 @@ class NeuronMask:
             raise ValueError(f"mode={self.mode!r} edits weights, but at site {name} (and {len(problems) - 1} more) "
                              f"the {problem}; use mode='activation', which masks activations and leaves weights "
                              "untouched (NeuronMask(indices, mode='activation'))")
-        targets = [t for name, site in sites.items() for t in self._targets(site, self.indices[name])]
+        targets = [t for name, idx in self.indices.items() for t in self._targets(sites[name], idx)]
+        targets += [t for name, idx in self.channels.items() for t in _row_targets(sites[name].out_module, idx)]
         saved = []
         with torch.no_grad():
             for _, tensor, dim, idx in targets:
@@ -251,8 +303,10 @@ class NeuronMask:
 
         path = Path(path)
         info = {"format": FORMAT, "version": VERSION, "mode": self.mode, **self.meta, "counts": self.summary()}
+        tensors = {**{n: i.contiguous() for n, i in self.indices.items()},
+                   **{CHANNELS + n: i.contiguous() for n, i in self.channels.items()}}
         with atomic_path(path / "mask.safetensors") as tmp:
-            save_file({n: i.contiguous() for n, i in self.indices.items()}, tmp, metadata={"format": FORMAT})
+            save_file(tensors, tmp, metadata={"format": FORMAT})
         with atomic_path(path / "mask.json") as tmp:
             Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         return path
@@ -273,4 +327,6 @@ class NeuronMask:
         mode = info.pop("mode")
         for key in ("format", "version", "counts"):
             info.pop(key)
-        return cls(load_file(str(path / "mask.safetensors")), mode, info)
+        tensors = load_file(str(path / "mask.safetensors"))
+        channels = {n[len(CHANNELS):]: i for n, i in tensors.items() if n.startswith(CHANNELS)}
+        return cls({n: i for n, i in tensors.items() if not n.startswith(CHANNELS)}, mode, info, channels)

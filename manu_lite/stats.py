@@ -280,7 +280,8 @@ class StatsTable(dict):
 def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]],
                   sites: Sequence[NeuronSite] | None = None, positions: str = "recall", tau: float = 0.1,
                   progress: bool = True, seed: int = 0, max_batches: int | None = None,
-                  desc: str = "neuron statistics", allow_empty: bool = False) -> StatsTable:
+                  desc: str = "neuron statistics", allow_empty: bool = False,
+                  recorder=record_neurons) -> StatsTable:
     """One pass over ``batches``, streaming every site's :class:`NeuronStats`; nothing per token is kept.
 
     batches:   dicts of model inputs plus ``labels`` ``[B, T]`` (-100 outside answers); ``labels`` are not
@@ -293,6 +294,9 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
     seed:      the pass runs under this torch seed (restored afterwards), for models with stochastic layers.
     allow_empty: return zero statistics instead of raising when there are no batches or no language token was
                selected (one shard of a data-parallel pass, :mod:`manu_lite.distributed`, checks after merging).
+    recorder:  the context manager that calls ``fn(site, activations)``, :func:`~manu_lite.hooks.record_neurons`
+               (the neurons) or :func:`manu_lite.released.record_outputs` (projection outputs, as the released
+               code hooks them).
 
     Models split over devices (``device_map="auto"``): each site's totals are kept on the device its
     activations arrive on, so nothing crosses devices per batch; merge with :meth:`StatsTable.to`.
@@ -345,7 +349,7 @@ def collect_stats(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
         total = min(total, max_batches)
     n_batches = 0
     try:
-        with torch.random.fork_rng(devices=devices), record_neurons(model, sites, record):
+        with torch.random.fork_rng(devices=devices), recorder(model, sites, record):
             torch.manual_seed(seed)
             for i, batch in enumerate(tqdm(batches, total=total, desc=desc, disable=not progress)):
                 if max_batches is not None and i >= max_batches:

@@ -254,30 +254,6 @@ def test_select_threshold_per_tower_floor_and_ties():
     assert ref["language.0.down_proj"].tolist() == [0] and ref["vision.0.fc2"].tolist() == [0]
 
 
-def test_emulate_released_defects_pools_layers_and_prunes_last_three():
-    g = torch.Generator().manual_seed(0)
-    names = [f"language.{i}.down_proj" for i in range(5)]
-    stats = {}
-    for d in ("forget", "retain"):
-        for r in ("image_text", "text_only"):
-            stats[(d, r)] = {n: NeuronStats.from_activations(torch.randn(7, 10, generator=g, dtype=torch.float64)
-                                                             + (i == 0 and d == "forget"), TAU)
-                             for i, n in enumerate(names)}
-    config = ManuConfig(formulation="reference", alpha=20, emulate_released_defects=True)
-    out = select(stats, config)
-    # By hand: the pool of all five layers' text-only statistics, one score vector, entered three times.
-    pooled = reference_score(sum(stats[("forget", "text_only")].values()),
-                             sum(stats[("retain", "text_only")].values()))
-    k = int(20 / 100 * 30)  # 6 of 3 × 10 (each pooled score appears three times): the top 2 distinct values
-    threshold = torch.topk(pooled.repeat(3), k).values[-1]
-    want = (pooled >= threshold).nonzero().squeeze(1).tolist()
-    assert len(want) == 2
-    assert [out[n].tolist() for n in names] == [[], [], want, want, want]
-    # Without the switch: per-layer statistics, every layer a candidate.
-    fixed = select(stats, ManuConfig(formulation="reference", alpha=20))
-    assert sum(len(v) for v in fixed.values()) == int(20 / 100 * 50)
-
-
 # ---- numerically robust statistics --------------------------------------------------------------------------
 def test_constant_neuron_has_zero_std_in_float32():
     x = torch.full((1000, 3), 0.3, dtype=torch.float32)
