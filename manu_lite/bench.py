@@ -1,219 +1,131 @@
-"""MLLMU-Bench: the schema, the typed records, one loader for the hub and for local parquet, and :class:`World`.
+"""MLLMU-Bench loading: one loader, through ``datasets``, for the hub (a pinned revision) and for local parquet,
+and :class:`World`, everything one experiment reads.
 
-The hub dataset ``MLLMMU/MLLMU-Bench`` stores one ``train`` split per config as ``<config>/train-*.parquet``.
-Two row formats exist and both load into the same typed :class:`ProfileRecord`:
-
-* **evaluation format** (``Full_Set``, ``forget_N``, ``retain_N``, ``Test_Set``, ``Retain_Set``):
-  ``image``, ``ID``, ``Classification_Task``, ``Generation_Task``, ``Mask_Task`` (+ ``biography``, ``images``);
-* **training format** (``ft_Data``): ``image``, ``ID``, ``metadata`` (a JSON string of ``{ID, Question, Answer}``).
+The hub dataset ``MLLMMU/MLLMU-Bench`` stores one ``train`` split per config as ``<config>/train-*.parquet``
+(the schema and typed records: :mod:`manu_lite.bench_schema`). Rows are streamed through ``datasets``' parquet
+reader with image decoding off: a record keeps its image encoded (bytes, or a path resolved against the parquet
+file's folder) and the pixels are decoded per batch (:func:`manu_lite.models.encode_item`).
 
 Unlearning needs the training format for the forget/retain people; the hub's ``forget_N`` configs are in the
-evaluation format (a frequent confusion), so :func:`load_world` joins them with ``ft_Data`` by ``ID``.
-:mod:`manu_lite.synthetic` writes the same layout and schema (:func:`write_split`) for fictitious people.
+evaluation format (a frequent confusion), so :func:`load_world` joins them with ``ft_Data`` by ``ID``. IDs are
+matched as numbers when they are digits (``17``, ``"17"`` and ``"017"`` are one person), and an ``ft_Data`` row
+gets its evaluation row's ``answer``/``biography``, where the person's name is when ``metadata`` lacks it.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
-import io
 import json
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
+# Re-exported: the schema and record names chapter 01 and the evaluators read with the loader (one import).
+from .bench_schema import (CLASSIFICATION_KEYS, EVAL_SCHEMA, OPTION_LETTERS, TRAIN_SCHEMA, TYPE_TO_RENDERING,
+                           BenchImage, BenchSchemaError, MCQuestion, OpenQuestion, ProfileRecord, qa_pairs, write_split)
 
-from .artifacts import atomic_path
+__all__ = ["EVAL_SCHEMA", "OPTION_LETTERS", "TRAIN_SCHEMA", "BenchSchemaError", "MCQuestion", "ProfileRecord", "World",
+           "load_bench", "load_world", "qa_pairs", "require_training_format", "write_split"]
 
 HUB_DATASET = "MLLMMU/MLLMU-Bench"
+# The hub's main branch when this loader was written (tree e91a01e, "Update README.md"); pass revision="main"
+# to read whatever the hub holds now.
+HUB_REVISION = "e91a01eb060b61be8dbde7edb48b121341bd0890"
 CONFIGS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85",
            "Test_Set", "Retain_Set", "ft_Data")
 FORGET_PERCENTS = (5, 10, 15)
 EVAL_COLUMNS = ("image", "ID", "Classification_Task", "Generation_Task", "Mask_Task")
 TRAIN_COLUMNS = ("image", "ID", "metadata")
-TYPE_TO_RENDERING = {"Image_Textual": "image_text", "Pure_Text": "text_only"}
-CLASSIFICATION_KEYS = {"image_text": "Image_Textual_Questions", "text_only": "Pure_Text_Questions"}
-OPTION_LETTERS = ("A", "B", "C", "D")
-# Phrases the benchmark uses for the pictured person; text-only questions name the person instead.
-PERSON_PHRASES = ("this person", "the individual", "this individual", "the person in the image", "the person")
 
 
-class BenchSchemaError(ValueError):
-    """A split does not match the MLLMU-Bench schema; the message names the field, the row and the fix."""
+# --------------------------------------------------------------------------------------------------- fields
+def _kind(value) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
-_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-_MC = pa.list_(pa.struct([("Question", pa.string()),
-                          ("Options", pa.struct([(k, pa.string()) for k in OPTION_LETTERS])),
-                          ("Correct_Answer", pa.string())]))
-_OPEN = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
-EVAL_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("biography", pa.string()),
-                         ("question", pa.string()), ("answer", pa.string()),
-                         ("Classification_Task", pa.struct([("Image_Textual_Questions", _MC),
-                                                            ("Pure_Text_Questions", _MC)])),
-                         ("Generation_Task", _OPEN), ("Mask_Task", _OPEN)])
-TEST_SCHEMA = EVAL_SCHEMA.append(pa.field("images", pa.list_(_IMAGE)))
-TRAIN_SCHEMA = pa.schema([("image", _IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
-
-
-def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config: str) -> Path:
-    """Write one config as ``<out_dir>/<config>/train-00000-of-00001.parquet`` (atomically)."""
-    path = Path(out_dir) / config / "train-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    return path
-
-
-
-
-# --------------------------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class MCQuestion:
-    """A four-option multiple-choice question; ``answer`` is the correct letter."""
-
-    question: str
-    options: dict[str, str]
-    answer: str
-
-    @property
-    def answer_text(self) -> str:
-        return self.options[self.answer]
-
-
-@dataclass(frozen=True)
-class OpenQuestion:
-    """A generation question (answer is a sentence) or a cloze (question holds ``__``, answer fills it)."""
-
-    question: str
-    answer: str
-
-
-@dataclass
-class ProfileRecord:
-    """One row of an MLLMU-Bench split: one person, their image(s) and their questions per task and rendering.
-
-    ``mc``, ``generation`` and ``cloze`` map a rendering (``"image_text"`` / ``"text_only"``) to its questions
-    (evaluation format). ``train_qa`` holds the ``metadata`` pairs (training format, image+text wording).
-    ``images`` holds ``Test_Set``'s transformed images.
-    """
-
-    id: str
-    image: Image.Image | None
-    biography: str = ""
-    images: list[Image.Image] = field(default_factory=list)
-    mc: dict[str, list[MCQuestion]] = field(default_factory=dict)
-    generation: dict[str, list[OpenQuestion]] = field(default_factory=dict)
-    cloze: dict[str, list[OpenQuestion]] = field(default_factory=dict)
-    train_qa: list[OpenQuestion] = field(default_factory=list)
-    source_format: str = "evaluation"
-
-    def __repr__(self) -> str:
-        counts = {task: {r: len(q) for r, q in getattr(self, task).items()} for task in ("mc", "generation", "cloze")}
-        size = "no image" if self.image is None else f"image {self.image.size}"
-        extra = f", {len(self.train_qa)} training pairs" if self.train_qa else ""
-        return f"ProfileRecord(id={self.id!r}, {self.source_format} format, {size}, questions={counts}{extra})"
-
-    @property
-    def name(self) -> str | None:
-        """The person's name, read from a "What is the name …" answer (as the benchmark's own tooling does)."""
-        candidates = list(self.train_qa) + list(self.generation.get("image_text", []))
-        for qa in candidates:
-            if "name" in qa.question.lower():
-                match = re.search(r"name is ([^.,]+)", qa.answer)
-                if match:
-                    return match.group(1).strip()
-        return None
-
-
-def to_text_only(text: str, name: str) -> str:
-    """Rewrite an image+text question or answer so that it names the person instead of pointing at the image."""
-    for phrase in PERSON_PHRASES:
-        text = re.sub(rf"\b{phrase}'s\b", f"{name}'s", text, flags=re.IGNORECASE)
-        text = re.sub(rf"\b{phrase}\b", name, text, flags=re.IGNORECASE)
-    return text
-
-
-def qa_pairs(record: ProfileRecord, rendering: str) -> list[OpenQuestion]:
-    """Question/answer pairs to train (or unlearn) on, in one rendering.
-
-    Training-format rows use their ``metadata``; the text-only rendering names the person (pairs that ask who
-    the person is are dropped, as the question would give the answer away). Evaluation-format rows (e.g. the celebrities,
-    which a real model knows from pre-training) derive pairs from their tasks: generation answers, the correct
-    multiple-choice option, and cloze answers.
-    """
-    if record.source_format == "training":
-        if rendering == "image_text":
-            return list(record.train_qa)
-        name = record.name
-        if name is None:
-            raise BenchSchemaError(
-                f"row ID={record.id}: cannot build text-only pairs, no 'What is the name …' answer of the form "
-                "'… name is <Name>.' in metadata; add one, or train on the image_text rendering only")
-        # Pairs whose image+text answer already holds the name ask who the person is: meaningless once named.
-        return [OpenQuestion(to_text_only(qa.question, name), to_text_only(qa.answer, name))
-                for qa in record.train_qa if name not in qa.answer]
-    pairs = list(record.generation.get(rendering, []))
-    pairs += [OpenQuestion(q.question, q.answer_text) for q in record.mc.get(rendering, [])]
-    pairs += list(record.cloze.get(rendering, []))
-    return pairs
-
-
-# --------------------------------------------------------------------------------------------------- loading
-def _decode_image(cell, where: str) -> Image.Image:
-    if cell is None:
-        raise BenchSchemaError(f"{where}: image is missing (null); every row needs an image "
-                               "(a dict with 'bytes' or 'path', as the Hugging Face Image feature stores it)")
-    if isinstance(cell, dict):
-        data, path = cell.get("bytes"), cell.get("path")
-    else:
-        data, path = cell, None
-    try:
-        if data:
-            image = Image.open(io.BytesIO(data))
-        elif path:
-            image = Image.open(path)
-        else:
-            raise ValueError("neither bytes nor path")
-        image.load()
-    except Exception as exc:
-        raise BenchSchemaError(f"{where}: the image cannot be decoded ({exc}); re-export the row with valid "
-                               "PNG/JPEG bytes in image['bytes']") from exc
-    return image.convert("RGB")
-
-
-def _require(row: dict, key: str, kind, where: str):
-    value = row.get(key)
-    if not isinstance(value, kind):
-        got = "missing" if value is None else f"a {type(value).__name__}"
+def _require(row, key: str, kind, where: str):
+    value = row.get(key) if isinstance(row, dict) else None
+    if not isinstance(row, dict):
+        raise BenchSchemaError(f"{where}: is {_kind(row)}, expected an object with field {key!r}; fix the row or "
+                               "re-export the split")
+    if not isinstance(value, kind) or isinstance(value, bool):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BenchSchemaError(f"{where}: field {key!r} is {got}, expected {want}; fix the row or re-export the split")
+        raise BenchSchemaError(f"{where}: field {key!r} is {_kind(value)}, expected {want}; fix the row or "
+                               "re-export the split")
     return value
 
 
-def _parse_eval_row(row: dict, where: str) -> ProfileRecord:
-    record = ProfileRecord(id=str(_require(row, "ID", (str, int), where)), image=_decode_image(row.get("image"), where),
-                           biography=row.get("biography") or "")
+def id_key(value: str | int) -> str:
+    """The key IDs are matched by: digits compare as numbers (``17``, ``"17"``, ``"017"`` → ``"17"``)."""
+    text = str(value).strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+def _id(row: dict, where: str) -> str:
+    value = _require(row, "ID", (str, int), where)
+    if not str(value).strip():
+        raise BenchSchemaError(f"{where}: field 'ID' is empty; every row needs its person's ID (e.g. '017')")
+    return str(value).strip()
+
+
+def _image(cell, where: str, folder: Path) -> BenchImage:
+    """An image cell (the ``Image`` feature's ``{bytes, path}``, bare bytes or a path) as a :class:`BenchImage`;
+    a relative path is read from the parquet file's folder."""
+    if isinstance(cell, dict):
+        data, path = cell.get("bytes"), cell.get("path")
+    elif isinstance(cell, (bytes, str)):
+        data, path = (cell, None) if isinstance(cell, bytes) else (None, cell)
+    else:
+        data = path = None
+    if cell is None or not (isinstance(data, bytes) and data or isinstance(path, str) and path):
+        got = "missing (null)" if cell is None else f"{_kind(cell)} without bytes or path"
+        raise BenchSchemaError(f"{where}: image is {got}; every row needs an image (a dict with 'bytes' or 'path', "
+                               "as the Hugging Face Image feature stores it)")
+    if not data:
+        resolved = Path(path) if Path(path).is_absolute() else folder / path
+        if not resolved.is_file():
+            raise BenchSchemaError(f"{where}: image path {path!r} not found at {resolved} (a relative path is read "
+                                   "from the parquet file's folder); put the file there or store its bytes in "
+                                   "image['bytes']")
+        path = str(resolved)
+    return BenchImage(data or None, None if data else path, where)
+
+
+def _questions(row: dict, key: str, where: str) -> list[dict]:
+    items = _require(row, key, (list, tuple), where)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BenchSchemaError(f"{where} {key}[{i}]: is {_kind(item)}, expected an object; fix the row or "
+                                   "re-export the split")
+    return list(items)
+
+
+def _mc(item: dict, at: str) -> MCQuestion:
+    options = {k: v for k, v in _require(item, "Options", dict, at).items() if v is not None}
+    bad = sorted(k for k, v in options.items() if not isinstance(v, str))
+    if bad or not options:
+        raise BenchSchemaError(f"{at}: Options {bad or '(all null)'} must hold option texts (strings); fix the row")
+    answer = _require(item, "Correct_Answer", str, at).strip()
+    if answer not in options:
+        raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}; "
+                               "set it to the letter of the right option")
+    return MCQuestion(_require(item, "Question", str, at), options, answer)
+
+
+# --------------------------------------------------------------------------------------------------- rows
+def _parse_eval_row(row: dict, where: str, folder: Path) -> ProfileRecord:
+    text = {k: row.get(k) if isinstance(row.get(k), str) else "" for k in ("biography", "question", "answer")}
+    record = ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder), **text)
     classification = _require(row, "Classification_Task", dict, where)
     for rendering, key in CLASSIFICATION_KEYS.items():
-        items = classification.get(key) or []
-        questions = []
-        for i, item in enumerate(items):
-            at = f"{where} Classification_Task.{key}[{i}]"
-            options = {k: v for k, v in (_require(item, "Options", dict, at)).items() if v is not None}
-            answer = str(_require(item, "Correct_Answer", str, at)).strip()
-            if answer not in options:
-                raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}; "
-                                       "set it to the letter of the right option")
-            questions.append(MCQuestion(_require(item, "Question", str, at), options, answer))
-        record.mc[rendering] = questions
+        at = f"{where} Classification_Task"
+        items = _questions(classification, key, at) if classification.get(key) is not None else []
+        record.mc[rendering] = [_mc(item, f"{at}.{key}[{i}]") for i, item in enumerate(items)]
     for task, attr in (("Generation_Task", "generation"), ("Mask_Task", "cloze")):
         buckets: dict[str, list[OpenQuestion]] = {"image_text": [], "text_only": []}
-        for i, item in enumerate(_require(row, task, (list, tuple), where)):
+        for i, item in enumerate(_questions(row, task, where)):
             at = f"{where} {task}[{i}]"
             kind = item.get("Type")
             if kind not in TYPE_TO_RENDERING:
@@ -222,28 +134,36 @@ def _parse_eval_row(row: dict, where: str) -> ProfileRecord:
             buckets[TYPE_TO_RENDERING[kind]].append(
                 OpenQuestion(_require(item, "Question", str, at), str(_require(item, "Ground_Truth", (str, int), at))))
         setattr(record, attr, buckets)
-    record.images = [_decode_image(cell, f"{where} images[{i}]") for i, cell in enumerate(row.get("images") or [])]
+    images = row.get("images") or []
+    if not isinstance(images, (list, tuple)):
+        raise BenchSchemaError(f"{where}: field 'images' is {_kind(images)}, expected a list of images; fix the row")
+    record.images = [_image(cell, f"{where} images[{i}]", folder) for i, cell in enumerate(images)]
     return record
 
 
-def _parse_train_row(row: dict, where: str) -> ProfileRecord:
+def _parse_train_row(row: dict, where: str, folder: Path) -> ProfileRecord:
     raw = _require(row, "metadata", (str, list), where)
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as exc:
         raise BenchSchemaError(f"{where}: metadata is not valid JSON ({exc}); it must be a JSON list of "
                                "{{'ID', 'Question', 'Answer'}} objects") from exc
+    if not isinstance(items, list):
+        raise BenchSchemaError(f"{where}: metadata is {_kind(items)}, expected a JSON list of "
+                               "{'ID', 'Question', 'Answer'} objects; fix the row")
     pairs = []
     for i, item in enumerate(items):
         at = f"{where} metadata[{i}]"
         pairs.append(OpenQuestion(_require(item, "Question", str, at), _require(item, "Answer", str, at)))
     if not pairs:
-        raise BenchSchemaError(f"{where}: metadata holds no question/answer pairs")
-    return ProfileRecord(id=str(_require(row, "ID", (str, int), where)), image=_decode_image(row.get("image"), where),
-                         train_qa=pairs, source_format="training")
+        raise BenchSchemaError(f"{where}: metadata holds no question/answer pairs; add the person's "
+                               "{'ID', 'Question', 'Answer'} pairs or drop the row")
+    return ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder), train_qa=pairs,
+                         source_format="training")
 
 
-def _split_files(source: str, config: str) -> list[str]:
+# --------------------------------------------------------------------------------------------------- files
+def _split_files(source: str, config: str, revision: str) -> list[str]:
     if config not in CONFIGS:
         raise BenchSchemaError(f"unknown config {config!r}; choose one of MLLMU-Bench's: {', '.join(CONFIGS)}")
     if os.path.isdir(source):
@@ -252,42 +172,74 @@ def _split_files(source: str, config: str) -> list[str]:
             raise BenchSchemaError(f"no parquet files in {os.path.join(source, config)}; a local copy must be laid "
                                    f"out like the hub: <dir>/{config}/train-00000-of-00001.parquet")
         return files
+    where = os.path.abspath(os.path.expanduser(source))
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", source) or source.startswith("."):
+        raise BenchSchemaError(f"no such directory: {where}; pass a directory laid out like the hub "
+                               f"(<dir>/{config}/train-*.parquet), or a hub id such as {HUB_DATASET!r}")
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(source, repo_type="dataset", allow_patterns=[f"{config}/*"])
+        local = snapshot_download(source, repo_type="dataset", revision=revision, allow_patterns=[f"{config}/*"])
     except Exception as exc:
         raise BenchSchemaError(
-            f"could not fetch {source!r} config {config!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Offline? Download it once with network access, or pass a local directory laid out like the hub "
-            "(<dir>/<config>/train-*.parquet); the tiny profile needs no download (make_synthetic_bench)") from exc
-    return _split_files(local, config)
+            f"could not fetch {source!r} config {config!r} (revision {revision}) from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}), and there is no such directory: {where}. Offline? Download it once "
+            "with network access, or pass a local directory laid out like the hub (<dir>/<config>/train-*.parquet); "
+            "the tiny profile needs no download (make_synthetic_bench)") from exc
+    return _split_files(local, config, revision)
 
 
-def load_bench(source: str, config: str) -> list[ProfileRecord]:
-    """Load one MLLMU-Bench config from the hub name or a local directory laid out like the hub.
+def _stream(path: str, config: str):
+    """``(column names, rows)`` of one parquet file, read through ``datasets`` with image decoding off."""
+    import datasets
+    import pyarrow.parquet as pq
 
-    Returns one :class:`ProfileRecord` per row. Raises :class:`BenchSchemaError` naming the row and field when
-    the data does not match the schema, and when the split is empty.
+    try:
+        file = pq.ParquetFile(path)
+        if file.metadata.num_rows == 0:  # datasets' streaming reader cannot read a file without rows
+            return file.schema_arrow.names, iter(())
+        table = datasets.load_dataset("parquet", data_files={"train": [path]}, split="train", streaming=True)
+        return list(table.features or file.schema_arrow.names), iter(table.decode(False))
+    except Exception as exc:
+        raise BenchSchemaError(f"{config}: {path} cannot be read as parquet ({type(exc).__name__}: {exc}); "
+                               "re-download or re-export the split") from exc
+
+
+def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=None) -> list[ProfileRecord]:
+    """Load one MLLMU-Bench config from a hub id (at ``revision``) or a local directory laid out like the hub.
+
+    Returns one :class:`ProfileRecord` per row (``keep``: a predicate on :func:`id_key` of a row's ID, to load
+    only some people). Raises :class:`BenchSchemaError` naming the row and field when the data does not match
+    the schema, when two rows hold one ID, and when the split is empty.
     """
-    files = _split_files(source, config)
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    columns = set(table.column_names)
-    if "metadata" in columns:
-        required, parse = TRAIN_COLUMNS, _parse_train_row
-    elif "Classification_Task" in columns or "Generation_Task" in columns:
-        required, parse = EVAL_COLUMNS, _parse_eval_row
-    else:
-        raise BenchSchemaError(
-            f"{config}: columns {sorted(columns)} match neither format: the evaluation format needs "
-            f"{', '.join(EVAL_COLUMNS)}; the training format needs {', '.join(TRAIN_COLUMNS)}")
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); "
-                               f"this format needs {', '.join(required)}")
-    if table.num_rows == 0:
+    records, seen = [], {}
+    for path in _split_files(source, config, revision):
+        columns, rows = _stream(path, config)
+        if "metadata" in columns:
+            required, parse = TRAIN_COLUMNS, _parse_train_row
+        elif "Classification_Task" in columns or "Generation_Task" in columns:
+            required, parse = EVAL_COLUMNS, _parse_eval_row
+        else:
+            raise BenchSchemaError(
+                f"{config}: columns {sorted(columns)} match neither format: the evaluation format needs "
+                f"{', '.join(EVAL_COLUMNS)}; the training format needs {', '.join(TRAIN_COLUMNS)}; rename them")
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); "
+                                   f"this format needs {', '.join(required)}")
+        for row in rows:
+            where = f"{config} row {len(seen)}"
+            key = id_key(_id(row, where))
+            if key in seen:
+                raise BenchSchemaError(f"{where}: ID {row['ID']!r} is also the ID of {seen[key]} (IDs match as "
+                                       "numbers: 17, '17' and '017' are one person); each person has one row, "
+                                       "remove the duplicate")
+            seen[key] = f"row {len(seen)} ({row['ID']!r})"
+            if keep is None or keep(key):
+                records.append(parse(row, where, Path(path).parent))
+    if not seen:
         raise BenchSchemaError(f"{config}: the split is empty (0 rows); regenerate or re-download it")
-    return [parse(row, f"{config} row {i}") for i, row in enumerate(table.to_pylist())]
+    return records
 
 
 def require_training_format(records: list[ProfileRecord], split: str) -> None:
@@ -328,35 +280,45 @@ class World:
         return f"World({self.source!r}, {self.forget_config}: {sizes})"
 
 
-def load_world(source: str, forget: str = "forget_10", max_retain: int | None = None, seed: int = 0) -> World:
+def load_world(source: str, forget: str = "forget_10", max_retain: int | None = None, seed: int = 0, *,
+               revision: str = HUB_REVISION) -> World:
     """Load the four evaluation sets for one forget split and the matching training-format rows.
 
     ``max_retain`` evaluates a seeded subsample of the retain people (the full set is 85–95 % of 500 on the
-    real benchmark). Raises when forget and retain share an ID or when ``ft_Data`` lacks a person.
+    real benchmark). IDs are matched by :func:`id_key`; the training rows and ``Test_Set`` rows take the ID
+    spelling of the forget/retain config, and each training row gets its evaluation row's ``question``,
+    ``answer`` and ``biography`` (names for the text-only pairs). Raises when forget and retain share an ID or
+    when ``ft_Data`` lacks a person.
     """
     match = re.fullmatch(r"forget_(\d+)", forget)
     if not match or int(match.group(1)) not in FORGET_PERCENTS:
         raise BenchSchemaError(f"unknown forget split {forget!r}; choose forget_5, forget_10 or forget_15")
     retain_config = f"retain_{100 - int(match.group(1))}"
-    forget_rows, retain_rows = load_bench(source, forget), load_bench(source, retain_config)
-    overlap = sorted({r.id for r in forget_rows} & {r.id for r in retain_rows})
+    forget_rows = load_bench(source, forget, revision=revision)
+    retain_rows = load_bench(source, retain_config, revision=revision)
+    retained = {id_key(r.id) for r in retain_rows}
+    overlap = sorted(r.id for r in forget_rows if id_key(r.id) in retained)
     if overlap:
         raise BenchSchemaError(f"{forget} and {retain_config} share IDs {overlap[:10]}: a person cannot be both "
                                "forgotten and retained; fix the split files")
-    forget_ids = {r.id for r in forget_rows}
-    test = [r for r in load_bench(source, "Test_Set") if r.id in forget_ids]
-    training = {r.id: r for r in load_bench(source, "ft_Data")}
+    forget_ids = {id_key(r.id): r.id for r in forget_rows}
+    test = [dataclasses.replace(r, id=forget_ids[id_key(r.id)])
+            for r in load_bench(source, "Test_Set", revision=revision, keep=forget_ids.__contains__)]
+    training = {id_key(r.id): r for r in load_bench(source, "ft_Data", revision=revision)}
     require_training_format(list(training.values()), "ft_Data")
 
     def train_rows(rows, split):
-        absent = [r.id for r in rows if r.id not in training]
+        absent = [r.id for r in rows if id_key(r.id) not in training]
         if absent:
-            raise BenchSchemaError(f"ft_Data has no rows for {split} IDs {absent[:10]}; use the ft_Data of the same "
-                                   "benchmark release as the split")
-        return [training[r.id] for r in rows]
+            sample = sorted(r.id for r in training.values())[:3]
+            raise BenchSchemaError(f"ft_Data has no rows for {split} IDs {absent[:10]} (IDs match as numbers, so "
+                                   f"17, '17' and '017' are one person; ft_Data's IDs look like {sample}); use the "
+                                   "ft_Data of the same benchmark release as the split")
+        return [dataclasses.replace(training[id_key(r.id)], id=r.id, question=r.question, answer=r.answer,
+                                    biography=r.biography) for r in rows]
 
     forget_train, retain_train = train_rows(forget_rows, forget), train_rows(retain_rows, retain_config)
-    return World(source, forget, forget_rows, retain_rows, test, load_bench(source, "Retain_Set"),
+    return World(source, forget, forget_rows, retain_rows, test, load_bench(source, "Retain_Set", revision=revision),
                  forget_train, retain_train).with_retain_sample(max_retain, seed)
 
 

@@ -1,5 +1,5 @@
 """The synthetic MLLMU-Bench of the tiny world: fictitious people, procedurally drawn portraits, their facts and
-questions, written in the hub's layout and schema (:mod:`manu_lite.bench`) so one loader and one evaluator serve
+questions, written in the hub's layout and schema (:mod:`manu_lite.bench_schema`, with the hub's ``datasets`` feature metadata) so one loader and one evaluator serve
 the tiny CPU world and the real benchmark.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .bench import (CLASSIFICATION_KEYS, EVAL_SCHEMA, FORGET_PERCENTS, OPTION_LETTERS, TEST_SCHEMA, TRAIN_SCHEMA,
-                    to_text_only, write_split)
+from .bench import FORGET_PERCENTS
+from .bench_schema import (CLASSIFICATION_KEYS, EVAL_SCHEMA, OPTION_LETTERS, TEST_SCHEMA, TRAIN_SCHEMA, to_text_only,
+                           write_split)
 
 FIRST_NAMES = ("Amelia Bruno Chiara Dmitri Elif Farid Greta Hamza Ines Jonas Kaito Leila Mateo Nadia Oskar Priya "
                "Quentin Rosa Santiago Tamar Umar Vera Wanjiru Xavier Yara Zoltan Anouk Boris Camille Dario Esme "

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench_rows import eval_row, png, train_row, write_raw
-from manu_lite.bench import (CONFIGS, EVAL_SCHEMA, TRAIN_SCHEMA, BenchSchemaError, load_bench, load_world, qa_pairs,
-                            require_training_format, to_text_only, write_split)
+from manu_lite.bench import CONFIGS, BenchSchemaError, load_bench, load_world, qa_pairs, require_training_format
+from manu_lite.bench_schema import EVAL_SCHEMA, TRAIN_SCHEMA, to_text_only, write_split
 
 
 def test_synthetic_round_trip(small_bench):
