@@ -180,11 +180,10 @@ class ProfileRecord:
         """The person's name: from a "What is the name …" answer (as the benchmark's own tooling reads it), else
         the row's top-level ``answer``, else the name the ``biography`` opens with."""
         candidates = list(self.train_qa) + list(self.generation.get("image_text", []))
-        for qa in candidates + [OpenQuestion(self.question or "name", self.answer)]:
-            if "name" in qa.question.lower():
-                match = NAME_IN_ANSWER.search(qa.answer)
-                if match:
-                    return match.group(1).strip()
+        answers = [qa.answer for qa in candidates if "name" in qa.question.lower()] + [self.answer]
+        for match in map(NAME_IN_ANSWER.search, answers):
+            if match:
+                return match.group(1).strip()
         match = NAME_IN_BIOGRAPHY.match(self.biography)
         return match.group(1) if match and match.group(1).split()[0] not in NOT_A_NAME else None
 
