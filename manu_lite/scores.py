@@ -14,6 +14,17 @@ def question_records(details: dict, method: str) -> list[dict]:
             for (s, r, t), entries in details.items() for d in entries]
 
 
+def question_results(questions: list[dict]) -> Results:
+    """:class:`~manu_lite.results.Results` (one record per method, set, rendering and task: the mean of its
+    questions) from :func:`question_records`, e.g. of a subset of the people, for :func:`drops` and
+    :func:`distance_to_retain`."""
+    cells: dict = {}
+    for q in questions:
+        cells.setdefault((q["method"], q["set"], q["rendering"], q["task"]), []).append(q["value"])
+    return Results([{"method": m, "set": s, "rendering": r, "task": t, "metric": "mean", "value": sum(v) / len(v),
+                     "n": len(v)} for (m, s, r, t), v in cells.items()])
+
+
 def drops(results, vanilla: str = "Vanilla", method: str | None = None) -> dict:
     """Vanilla minus ``method``, in points, per (set, rendering): the mean over tasks of the score drop.
 

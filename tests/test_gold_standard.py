@@ -9,22 +9,12 @@ import numpy as np
 import pytest
 
 from manu_lite import scores as S
-from manu_lite.results import Results
 
 
 def records(method, values, set_name="forget", rendering="image_text", task="mc", people=None):
     people = people or [f"p{i}" for i in range(len(values))]
     return [{"method": method, "set": set_name, "rendering": rendering, "task": task, "id": who, "value": float(v)}
             for v, who in zip(values, people)]
-
-
-def results_of(questions):
-    """Aggregated records as evaluate writes them: the mean per (method, set, rendering, task)."""
-    cells = {}
-    for q in questions:
-        cells.setdefault((q["method"], q["set"], q["rendering"], q["task"]), []).append(q["value"])
-    return Results([{"method": m, "set": s, "rendering": r, "task": t, "metric": "accuracy", "value": float(np.mean(v)),
-                     "n": len(v)} for (m, s, r, t), v in cells.items()])
 
 
 def test_interval_width_matches_the_binomial_standard_error():
@@ -69,9 +59,9 @@ def test_points_equal_the_aggregate_scores():
                     q += records(method, rng.random(12), s, r, t)
     boot = S.Bootstrap(q, n_boot=50)
     assert S.distance_intervals(boot)["GA"]["text_only"]["value"] == pytest.approx(
-        S.distance_to_retain(results_of(q), "GA")["text_only"])
+        S.distance_to_retain(S.question_results(q), "GA")["text_only"])
     assert S.drop_intervals(boot)["GA"]["retain"]["image_text"]["value"] == pytest.approx(
-        S.drops(results_of(q))["GA"]["retain"]["image_text"])
+        S.drops(S.question_results(q))["GA"]["retain"]["image_text"])
     assert "Retain" not in S.distance_intervals(boot)
 
 
