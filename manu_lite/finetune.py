@@ -1,10 +1,12 @@
 """The vanilla model: memorization fine-tuning with the loss on answer tokens only.
 
 The benchmark's vanilla model is an MLLM fine-tuned on every fictitious profile; unlearning methods then start
-from it. Here the tiny profile trains its LLaVA from scratch on the synthetic world (fictitious people from
-``ft_Data`` and the "celebrities", which stand in for pre-training knowledge) in both renderings. Large models
+from it. Here the tiny profile trains its LLaVA from scratch (or, with ``TrainConfig.pretrain``, from the
+pretrained base of :mod:`manu_lite.pretrain`) on the synthetic world (fictitious people from ``ft_Data`` and the
+"celebrities", which stand in for pre-training knowledge) in both renderings. Large models
 train LoRA adapters (peft) and merge them. Trained tiny models are cached under a hash of their configuration
-and data, so that notebooks and tests never train the same model twice.
+and data, so that notebooks and tests never train the same model twice; each entry records the sha256 of its
+files and is checked on load.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .artifacts import CorruptArtifactError, file_hash
 from .bench import World, qa_pairs
-from .models import (Item, PromptAdapter, TinySpec, answer_nll, build_tiny, encode_item, iter_batches,
-                     model_device, to_device)
+from .models import (Item, PromptAdapter, TinySpec, answer_nll, build_tiny, build_tiny_llava, build_tiny_processor,
+                     encode_item, iter_batches, model_device, to_device, train_tokenizer)
+from .pretrain import BenchmarkPrompts, PretrainConfig, format_items, items_fingerprint, population
+
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class TrainConfig:
     lora: bool = False
     lora_r: int = 16
     renderings: tuple[str, ...] = ("image_text", "text_only")
+    # Start from the pretrained base of :mod:`manu_lite.pretrain` (formats learned on a separate population) instead
+    # of a random init; ``None`` (default) trains from scratch. The tokenizer is then the base's.
+    pretrain: PretrainConfig | None = None
+    # Batches of similar length: the items are split into this many groups by token count (1: no split, batches as
+    # iter_batches makes them). Few-shot prompts are ~10x longer than bare pairs; mixed batches pad them all.
+    length_buckets: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +88,7 @@ def train(model, processor, adapter: PromptAdapter, items: list[Item], config: T
         model = add_lora(model, config.lora_r)
     device = model_device(model)
     encoded = [encode_item(processor, adapter, item) for item in items]
-    steps_per_epoch = sum(1 for _ in iter_batches(processor, adapter, items, config.batch_size, encoded=encoded))
+    steps_per_epoch = sum(1 for _ in epoch_batches(processor, adapter, items, encoded, config, 0))
     total = steps_per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -88,8 +99,7 @@ def train(model, processor, adapter: PromptAdapter, items: list[Item], config: T
     losses = []
     with tqdm(total=total, desc=desc, disable=not progress) as bar:
         for epoch in range(config.epochs):
-            for batch in iter_batches(processor, adapter, items, config.batch_size, shuffle=True,
-                                      seed=config.seed * 1000 + epoch, encoded=encoded):
+            for batch in epoch_batches(processor, adapter, items, encoded, config, epoch):
                 loss = answer_nll(model, to_device(batch, device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -105,6 +115,29 @@ def train(model, processor, adapter: PromptAdapter, items: list[Item], config: T
     return losses
 
 
+def epoch_batches(processor, adapter: PromptAdapter, items: list[Item], encoded: list[dict], config: TrainConfig,
+                  epoch: int):
+    """The shuffled training batches of one epoch (seeded by ``config.seed`` and ``epoch``).
+
+    With ``config.length_buckets > 1`` the items are sorted by token count and cut into that many groups of equal
+    size; each group is batched and shuffled on its own and the batches of all groups are shuffled together, so
+    a batch pads to the length of similar items only. ``encoded``: :func:`encode_item` of each item.
+    """
+    seed = config.seed * 1000 + epoch
+    if config.length_buckets <= 1:
+        yield from iter_batches(processor, adapter, items, config.batch_size, shuffle=True, seed=seed, encoded=encoded)
+        return
+    order = sorted(range(len(items)), key=lambda i: encoded[i]["input_ids"].shape[1])
+    size = math.ceil(len(order) / config.length_buckets)
+    batches = []
+    for k in range(0, len(order), size):
+        group = order[k:k + size]
+        batches += list(iter_batches(processor, adapter, [items[i] for i in group], config.batch_size, shuffle=True,
+                                     seed=seed + 7919 * (k + 1), encoded=[encoded[i] for i in group]))
+    for i in torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 1)).tolist():
+        yield batches[i]
+
+
 # ------------------------------------------------------------------------------------------ tiny vanilla
 def cache_dir() -> Path:
     """Where trained tiny models live: ``$MANU_LITE_CACHE`` or ``~/.cache/manu_lite``."""
@@ -112,9 +145,14 @@ def cache_dir() -> Path:
 
 
 def world_fingerprint(world: World) -> str:
-    """A hash of everything the vanilla model learns from: texts and image pixels of every trained record."""
+    """A hash of everything the vanilla model learns from: texts and image pixels of every trained record.
+
+    The records are hashed in :func:`vanilla_records` order (people by ID, then celebrities), so the hash does not
+    depend on which people are the forget split: every forget split of one bench shares one vanilla model (the
+    retain model's cache key adds the forget people's IDs).
+    """
     digest = hashlib.sha256()
-    for record in world.forget_train + world.retain_train + world.celebrity:
+    for record in vanilla_records(world):
         digest.update(record.id.encode())
         for rendering in ("image_text", "text_only"):
             for qa in qa_pairs(record, rendering):
@@ -162,26 +200,39 @@ def retain_model(world: World, spec: TinySpec | None = None, config: TrainConfig
 
 
 def _steps(processor, adapter, items, config: TrainConfig) -> int:
-    return config.epochs * sum(1 for _ in iter_batches(processor, adapter, items, config.batch_size))
+    encoded = [encode_item(processor, adapter, item) for item in items]
+    return config.epochs * sum(1 for _ in epoch_batches(processor, adapter, items, encoded, config, 0))
 
 
-def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, retain: bool):
-    from dataclasses import replace
+def model_cache_path(world: World, spec: TinySpec | None = None, config: TrainConfig | None = None,
+                     retain: bool = False) -> Path:
+    """The cache entry of the tiny vanilla (or, with ``retain``, the retain) model of ``world``.
 
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
+    The key hashes ``spec``, ``config`` and :func:`world_fingerprint`, which every forget split of one bench
+    shares: the vanilla model is one entry per bench. The retain model's key adds the forget people's IDs.
+    """
     spec, config = spec or TinySpec(), config or TrainConfig()
     fields = {"spec": spec.to_dict(), "train": config.to_dict(), "data": world_fingerprint(world), "format": 1}
     if retain:
         fields["retain_without"] = sorted(r.id for r in world.forget_train)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    path = cache_dir() / f"tiny-llava-{'retain-' if retain else ''}{key.hexdigest()[:16]}"
+    return cache_dir() / f"tiny-llava-{'retain-' if retain else ''}{key.hexdigest()[:16]}"
+
+
+def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, retain: bool):
+    from dataclasses import replace
+
+    spec, config = spec or TinySpec(), config or TrainConfig()
+    path = model_cache_path(world, spec, config, retain)
     adapter = PromptAdapter("llava")
-    if use_cache and (path / "manu_lite_done.json").exists():
-        model = LlavaForConditionalGeneration.from_pretrained(path).eval()
-        return model, LlavaProcessor.from_pretrained(path), adapter
+    if use_cache and (path / DONE).exists():
+        model, processor = load_cached(path)
+        return model, processor, adapter
     records = vanilla_records(world)
-    model, processor, adapter = build_tiny(tokenizer_corpus(records, adapter), spec, seed=config.seed)
+    if config.pretrain is not None:
+        model, processor = pretrained_base(spec, config.pretrain, progress=progress, use_cache=use_cache)
+    else:
+        model, processor, adapter = build_tiny(tokenizer_corpus(records, adapter), spec, seed=config.seed)
     items = training_items(records, config.renderings)
     if retain:
         target = _steps(processor, adapter, items, config)
@@ -190,7 +241,50 @@ def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, ret
         config = replace(config, epochs=max(1, round(target / per_epoch)))
     losses = train(model, processor, adapter, items, config, progress,
                    desc="retain model (no forget people)" if retain else "memorize the world")
-    # Write into a temporary directory and rename it into place: a cache entry is complete or absent.
+    save_cached(path, model, processor, {"final_loss": losses[-1], "steps": len(losses), "epochs": config.epochs})
+    return model, processor, adapter
+
+
+# ------------------------------------------------------------------------------------------ the pretrained base
+def pretrained_base(spec: TinySpec | None = None, config: PretrainConfig | None = None, progress: bool = True,
+                    use_cache: bool = True):
+    """The tiny LLaVA after the pretraining stage: ``(model, processor)``, trained once, then loaded from the cache.
+
+    The cache entry ``tiny-base-<key>`` (key: ``spec``, ``config`` and the items' fingerprint) is written and
+    hash-checked like the vanilla's (:func:`save_cached`); the data comes from :mod:`manu_lite.pretrain`.
+    ``spec.max_positions`` must hold the benchmark's few-shot prompts (>= 1024 tokens; longer prompts raise).
+    """
+    spec, config = spec or TinySpec(), config or PretrainConfig()
+    full, facts = population(config)
+    items = format_items(full, facts, config.tasks, config.train_seed)
+    fields = {"spec": spec.to_dict(), "pretrain": config.to_dict(), "data": items_fingerprint(items), "format": 1}
+    path = cache_dir() / f"tiny-base-{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
+    if use_cache and (path / DONE).exists():
+        return load_cached(path)
+    adapter = BenchmarkPrompts()
+    tokenizer = train_tokenizer([item.prefix + item.question + item.answer for item in items], spec.vocab_size)
+    processor = build_tiny_processor(tokenizer, spec)
+    model = build_tiny_llava(tokenizer, spec, seed=config.train_seed)
+    losses = train(model, processor, adapter, items,
+                   TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                               warmup_steps=config.warmup_steps, length_buckets=config.length_buckets,
+                               seed=config.train_seed),
+                   progress, desc="pretrain the base (formats)")
+    save_cached(path, model, processor, {"final_loss": losses[-1], "steps": len(losses), "items": len(items)})
+    return model, processor
+
+
+# ------------------------------------------------------------------------------------------ the model cache
+DONE = "manu_lite_done.json"
+
+
+def save_cached(path: Path, model, processor, info: dict) -> Path:
+    """Write a trained tiny model and its processor as the cache entry ``path``, atomically.
+
+    The entry is written into a temporary directory and renamed into place, so it is complete or absent.
+    ``manu_lite_done.json`` holds ``info`` plus the sha256 of every file written (``"sha256"``: name → hex),
+    which :func:`load_cached` checks before it loads anything.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     umask = os.umask(0)
@@ -199,11 +293,28 @@ def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, ret
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "manu_lite_done.json").write_text(json.dumps({"final_loss": losses[-1], "steps": len(losses),
-                                                                 "epochs": config.epochs}))
+        hashes = {f.name: file_hash(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / DONE).write_text(json.dumps({**info, "sha256": hashes}))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return model, processor, adapter
+    return path
+
+
+def load_cached(path: Path):
+    """The ``(model, processor)`` of the cache entry ``path`` after checking every file's recorded sha256.
+
+    Raises :class:`~manu_lite.artifacts.CorruptArtifactError` naming the entry and the fix when a file is missing
+    or changed since it was written, or when the entry records no hashes (a cached model is never used unchecked).
+    """
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    recorded = json.loads((path / DONE).read_text()).get("sha256") or {"(no recorded hashes)": None}
+    bad = sorted(name for name, digest in recorded.items()
+                 if not (path / name).is_file() or file_hash(path / name) != digest)
+    if bad:
+        raise CorruptArtifactError(f"the cached model {path} is corrupt: hash mismatch in {', '.join(bad)} (changed or "
+                                   f"missing since it was written); delete the directory {path} and rerun to retrain it")
+    return LlavaForConditionalGeneration.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)

@@ -1,14 +1,18 @@
 """Memorization fine-tuning: loss on answer tokens only, learning, caching, determinism, and the CLI end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from manu_lite.evaluate import EvalConfig, evaluate
-from manu_lite.finetune import TrainConfig, tokenizer_corpus, train, training_items, vanilla_model, vanilla_records
-from manu_lite.models import PromptAdapter, build_tiny
+from manu_lite.artifacts import CorruptArtifactError
+from manu_lite.bench import load_world
+from manu_lite.finetune import (TrainConfig, epoch_batches, load_cached, model_cache_path, save_cached, tokenizer_corpus,
+                                train, training_items, vanilla_model, vanilla_records, world_fingerprint)
+from manu_lite.models import PromptAdapter, build_tiny, encode_item
 
 from conftest import SMALL_EPOCHS
 
@@ -62,3 +66,64 @@ def test_cli_demo_end_to_end(tmp_path, small_bench, small_vanilla, capsys):
     assert (out / "results.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "== forget ==" in printed and "== celebrity ==" in printed
+
+
+def test_every_forget_split_shares_one_vanilla_but_not_one_retain_model(small_bench):
+    worlds = [load_world(str(small_bench), split) for split in ("forget_5", "forget_10", "forget_15")]
+    assert len({tuple(r.id for r in w.forget_train) for w in worlds}) == 3
+    assert len({world_fingerprint(w) for w in worlds}) == 1
+    assert len({model_cache_path(w) for w in worlds}) == 1
+    assert len({model_cache_path(w, retain=True) for w in worlds}) == 3
+    # The data still matters: a world with one answer changed is another model.
+    changed = load_world(str(small_bench), "forget_5")
+    record = changed.retain_train[0]
+    changed.retain_train[0] = dataclasses.replace(record, train_qa=[dataclasses.replace(record.train_qa[0],
+                                                                                      answer="another answer")]
+                                                  + record.train_qa[1:])
+    assert world_fingerprint(changed) != world_fingerprint(worlds[0])
+
+
+def test_a_corrupted_cache_entry_raises_with_its_path_and_the_fix(tmp_path, small_world):
+    records = vanilla_records(small_world)[:2]
+    model, processor, _ = build_tiny(tokenizer_corpus(records, PromptAdapter()), seed=0)
+    entry = save_cached(tmp_path / "tiny-llava-x", model, processor, {"steps": 0})
+    loaded, _ = load_cached(entry)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    weights = entry / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match="hash mismatch in model.safetensors") as info:
+        load_cached(entry)
+    assert str(entry) in str(info.value) and "delete the directory" in str(info.value)
+    weights.unlink()
+    with pytest.raises(CorruptArtifactError, match="model.safetensors"):
+        load_cached(entry)
+
+
+def test_vanilla_model_refuses_a_corrupted_cache_entry(tmp_path, small_world, small_vanilla, monkeypatch):
+    import shutil
+
+    entry = model_cache_path(small_world, config=TrainConfig(epochs=SMALL_EPOCHS))
+    assert entry.is_dir()
+    monkeypatch.setenv("MANU_LITE_CACHE", str(tmp_path))
+    copy = shutil.copytree(entry, tmp_path / entry.name)
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text().replace("ASSISTANT", "ASSISTENT"))
+    with pytest.raises(CorruptArtifactError, match="tokenizer.json"):
+        vanilla_model(small_world, config=TrainConfig(epochs=SMALL_EPOCHS), progress=False)
+
+
+def test_length_buckets_keep_every_item_once_and_group_lengths(small_world):
+    records = vanilla_records(small_world)[:4]
+    model, processor, adapter = build_tiny(tokenizer_corpus(records, PromptAdapter()), seed=0)
+    items = training_items(records)
+    items = items + [type(item)(item.question * 8, item.rendering, item.image, item.answer) for item in items[:16]]
+    encoded = [encode_item(processor, adapter, item) for item in items]
+    for buckets in (1, 4):
+        config = TrainConfig(batch_size=8, length_buckets=buckets)
+        batches = list(epoch_batches(processor, adapter, items, encoded, config, 0))
+        assert sum(len(b["input_ids"]) for b in batches) == len(items)
+        padding = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+        if buckets == 1:
+            mixed = padding
+    assert padding < mixed / 2, (padding, mixed)
