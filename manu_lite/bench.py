@@ -48,12 +48,12 @@ def _kind(value) -> str:
 def _require(row, key: str, kind, where: str):
     value = row.get(key) if isinstance(row, dict) else None
     if not isinstance(row, dict):
-        raise BenchSchemaError(f"{where}: is {_kind(row)}, expected an object with field {key!r}; fix the row or "
-                               "re-export the split")
+        raise BenchSchemaError(f"{where}: is {_kind(row)}, expected an object with field {key!r}; fix: store it as "
+                               f"an object with {key!r}, or re-export the split")
     if not isinstance(value, kind) or isinstance(value, bool):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BenchSchemaError(f"{where}: field {key!r} is {_kind(value)}, expected {want}; fix the row or "
-                               "re-export the split")
+        raise BenchSchemaError(f"{where}: field {key!r} is {_kind(value)}, expected {want}; fix: store {key!r} as "
+                               f"a {want.split()[0]}, or re-export the split")
     return value
 
 
@@ -66,7 +66,7 @@ def id_key(value: str | int) -> str:
 def _id(row: dict, where: str) -> str:
     value = _require(row, "ID", (str, int), where)
     if not str(value).strip():
-        raise BenchSchemaError(f"{where}: field 'ID' is empty; every row needs its person's ID (e.g. '017')")
+        raise BenchSchemaError(f"{where}: field 'ID' is empty; set 'ID' to the person's ID (e.g. '017')")
     return str(value).strip()
 
 
@@ -81,13 +81,13 @@ def _image(cell, where: str, folder: Path) -> BenchImage:
         data = path = None
     if cell is None or not (isinstance(data, bytes) and data or isinstance(path, str) and path):
         got = "missing (null)" if cell is None else f"{_kind(cell)} without bytes or path"
-        raise BenchSchemaError(f"{where}: image is {got}; every row needs an image (a dict with 'bytes' or 'path', "
-                               "as the Hugging Face Image feature stores it)")
+        raise BenchSchemaError(f"{where}: image is {got}; every row needs an image: store it as {{'bytes': <PNG/JPEG "
+                               "bytes>, 'path': None}, the Hugging Face Image feature's struct")
     if not data:
         resolved = Path(path) if Path(path).is_absolute() else folder / path
         if not resolved.is_file():
             raise BenchSchemaError(f"{where}: image path {path!r} not found at {resolved} (a relative path is read "
-                                   "from the parquet file's folder); put the file there or store its bytes in "
+                                   "from the parquet file's folder); fix: put the file there or store its bytes in "
                                    "image['bytes']")
         path = str(resolved)
     return BenchImage(data or None, None if data else path, where)
@@ -97,8 +97,8 @@ def _questions(row: dict, key: str, where: str) -> list[dict]:
     items = _require(row, key, (list, tuple), where)
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise BenchSchemaError(f"{where} {key}[{i}]: is {_kind(item)}, expected an object; fix the row or "
-                                   "re-export the split")
+            raise BenchSchemaError(f"{where} {key}[{i}]: is {_kind(item)}, expected an object; fix: store each item "
+                                   f"of {key!r} as an object (e.g. {{'Question': ...}}), or re-export the split")
     return list(items)
 
 
@@ -106,11 +106,12 @@ def _mc(item: dict, at: str) -> MCQuestion:
     options = {k: v for k, v in _require(item, "Options", dict, at).items() if v is not None}
     bad = sorted(k for k, v in options.items() if not isinstance(v, str))
     if bad or not options:
-        raise BenchSchemaError(f"{at}: Options {bad or '(all null)'} must hold option texts (strings); fix the row")
+        raise BenchSchemaError(f"{at}: Options {bad or '(all null)'} must hold option texts (strings); fix: "
+                               "store them as Options={'A': '...', 'B': '...', 'C': '...', 'D': '...'}")
     answer = _require(item, "Correct_Answer", str, at).strip()
     if answer not in options:
         raise BenchSchemaError(f"{at}: Correct_Answer {answer!r} is not one of the options {sorted(options)}; "
-                               "set it to the letter of the right option")
+                               "set Correct_Answer to the letter of the right option")
     return MCQuestion(_require(item, "Question", str, at), options, answer)
 
 
@@ -146,18 +147,18 @@ def _parse_train_row(row: dict, where: str, folder: Path) -> ProfileRecord:
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as exc:
-        raise BenchSchemaError(f"{where}: metadata is not valid JSON ({exc}); it must be a JSON list of "
-                               "{{'ID', 'Question', 'Answer'}} objects") from exc
+        raise BenchSchemaError(f"{where}: metadata is not valid JSON ({exc}); fix: store metadata as a JSON list "
+                               "of {'ID', 'Question', 'Answer'} objects") from exc
     if not isinstance(items, list):
-        raise BenchSchemaError(f"{where}: metadata is {_kind(items)}, expected a JSON list of "
-                               "{'ID', 'Question', 'Answer'} objects; fix the row")
+        raise BenchSchemaError(f"{where}: metadata is {_kind(items)}, expected a JSON list; fix: store metadata "
+                               "as a JSON list of {'ID', 'Question', 'Answer'} objects")
     pairs = []
     for i, item in enumerate(items):
         at = f"{where} metadata[{i}]"
         pairs.append(OpenQuestion(_require(item, "Question", str, at), _require(item, "Answer", str, at)))
     if not pairs:
         raise BenchSchemaError(f"{where}: metadata holds no question/answer pairs; add the person's "
-                               "{'ID', 'Question', 'Answer'} pairs or drop the row")
+                               "{'ID', 'Question', 'Answer'} pairs, or remove the row")
     return ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder), train_qa=pairs,
                          source_format="training")
 
@@ -202,7 +203,7 @@ def _stream(path: str, config: str):
         return list(table.features or file.schema_arrow.names), iter(table.decode(False))
     except Exception as exc:
         raise BenchSchemaError(f"{config}: {path} cannot be read as parquet ({type(exc).__name__}: {exc}); "
-                               "re-download or re-export the split") from exc
+                               f"re-download or re-export {config}/{Path(path).name}") from exc
 
 
 def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=None) -> list[ProfileRecord]:
@@ -222,23 +223,25 @@ def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=N
         else:
             raise BenchSchemaError(
                 f"{config}: columns {sorted(columns)} match neither format: the evaluation format needs "
-                f"{', '.join(EVAL_COLUMNS)}; the training format needs {', '.join(TRAIN_COLUMNS)}; rename them")
+                f"{', '.join(EVAL_COLUMNS)}; the training format needs {', '.join(TRAIN_COLUMNS)}; rename the "
+                "columns to one format's names (e.g. 'image', 'ID', 'metadata')")
         missing = [c for c in required if c not in columns]
         if missing:
-            raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); "
-                                   f"this format needs {', '.join(required)}")
+            raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); this format "
+                                   f"needs {', '.join(required)}: re-export the split with the column(s) {missing}")
         for row in rows:
             where = f"{config} row {len(seen)}"
             key = id_key(_id(row, where))
             if key in seen:
                 raise BenchSchemaError(f"{where}: ID {row['ID']!r} is also the ID of {seen[key]} (IDs match as "
-                                       "numbers: 17, '17' and '017' are one person); each person has one row, "
-                                       "remove the duplicate")
+                                       "numbers: 17, '17' and '017' are one person); each person has one row: remove "
+                                       f"one of the two rows of ID {row['ID']!r}")
             seen[key] = f"row {len(seen)} ({row['ID']!r})"
             if keep is None or keep(key):
                 records.append(parse(row, where, Path(path).parent))
     if not seen:
-        raise BenchSchemaError(f"{config}: the split is empty (0 rows); regenerate or re-download it")
+        raise BenchSchemaError(f"{config}: the split is empty (0 rows); regenerate it (make_synthetic_bench(...)) "
+                               "or re-download it")
     return records
 
 
@@ -300,7 +303,8 @@ def load_world(source: str, forget: str = "forget_10", max_retain: int | None = 
     overlap = sorted(r.id for r in forget_rows if id_key(r.id) in retained)
     if overlap:
         raise BenchSchemaError(f"{forget} and {retain_config} share IDs {overlap[:10]}: a person cannot be both "
-                               "forgotten and retained; fix the split files")
+                               "forgotten and retained; fix: remove them from "
+                               f"{forget!r} or {retain_config!r}")
     forget_ids = {id_key(r.id): r.id for r in forget_rows}
     test = [dataclasses.replace(r, id=forget_ids[id_key(r.id)])
             for r in load_bench(source, "Test_Set", revision=revision, keep=forget_ids.__contains__)]

@@ -118,7 +118,44 @@ def _temp_names_taken(tmp_path):
         artifacts.write_json(tmp_path / "a.json", {})
 
 
+def _world_without(tmp_path, train_id="018", answer="a", biography="bio", name_pair=True):
+    """forget_10 (person '017'), retain_90, Test_Set, Retain_Set and ft_Data with one training row."""
+    for c, pid in (("forget_10", "017"), ("retain_90", "018"), ("Test_Set", "017"), ("Retain_Set", "C001")):
+        bench.write_split([{**eval_row(pid), "answer": answer, "biography": biography}], bench.EVAL_SCHEMA, tmp_path, c)
+    rows = [train_row(pid) for pid in ("017", "018") if pid == train_id or train_id is None]
+    if not name_pair:
+        rows = [{**r, "metadata": r["metadata"].replace("What is the name", "What is the job")} for r in rows]
+    bench.write_split(rows, bench.TRAIN_SCHEMA, tmp_path, "ft_Data")
+    return bench.load_world(str(tmp_path), "forget_10")
+
+
+def _not_parquet(tmp_path):
+    (tmp_path / "Full_Set").mkdir()
+    (tmp_path / "Full_Set" / "train-00000-of-00001.parquet").write_bytes(b"not parquet")
+    bench.load_bench(str(tmp_path), "Full_Set")
+
+
+def _nameless(tmp_path):
+    world = _world_without(tmp_path, None, answer="", biography="born in Riga", name_pair=False)
+    bench.qa_pairs(world.forget_train[0], "text_only")
+
+
 TRIGGERS = {
+    "no-such-directory": lambda tmp, tiny: bench.load_bench("/no/such/bench", "Full_Set"),
+    "unreadable-parquet": lambda tmp, tiny: _not_parquet(tmp),
+    "image-path-missing": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(image={"bytes": None,
+                                                                                         "path": "017.png"})),
+    "duplicate-id": lambda tmp, tiny: (write_raw(tmp, "Full_Set", [eval_row("17"), eval_row("017")]),
+                                       bench.load_bench(str(tmp), "Full_Set")),
+    "empty-id": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(ID="")),
+    "not-an-object": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.update(Generation_Task=["x"])),
+    "bad-options": lambda tmp, tiny: _load_bad_row(
+        tmp, lambda r: r["Classification_Task"]["Image_Textual_Questions"][0].update(
+            Options={k: None for k in "ABCD"})),
+    "metadata-not-a-list": lambda tmp, tiny: (write_raw(tmp, "ft_Data", [{**train_row(), "metadata": '{"a": 1}'}]),
+                                              bench.load_bench(str(tmp), "ft_Data")),
+    "missing-training-rows": lambda tmp, tiny: _world_without(tmp, "018"),
+    "no-name": lambda tmp, tiny: _nameless(tmp),
     "missing-column": lambda tmp, tiny: _load_bad_row(tmp, lambda r: r.pop("Mask_Task")),
     "unknown-columns": lambda tmp, tiny: (write_raw(tmp, "Full_Set", [{"picture": b"", "ID": "1"}]),
                                           bench.load_bench(str(tmp), "Full_Set")),
