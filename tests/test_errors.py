@@ -67,6 +67,13 @@ def _corrupt(tmp_path):
     artifacts.RunManifest(tmp_path, {}, resume=True).done("step")
 
 
+def _corrupt_model_cache(tmp_path, tiny):
+    model, processor, _ = tiny
+    entry = finetune.save_cached(tmp_path / "tiny-llava-x", model, processor, {})
+    (entry / "model.safetensors").write_bytes(b"not the weights")
+    finetune.load_cached(entry)
+
+
 def _resume_other(tmp_path):
     artifacts.RunManifest(tmp_path, {"seed": 0})
     artifacts.RunManifest(tmp_path, {"seed": 1}, resume=True)
@@ -199,6 +206,7 @@ TRIGGERS = {
     "nan-activations": lambda tmp, tiny: _nan_stats(tiny),
     "no-training-items": lambda tmp, tiny: finetune.train(*tiny, [], finetune.TrainConfig(), progress=False),
     "corrupt-artifact": lambda tmp, tiny: _corrupt(tmp),
+    "corrupt-model-cache": lambda tmp, tiny: _corrupt_model_cache(tmp, tiny),
     "resume-other-settings": lambda tmp, tiny: _resume_other(tmp),
     "temp-names-taken": lambda tmp, tiny: _temp_names_taken(tmp),
 }
