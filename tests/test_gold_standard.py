@@ -144,3 +144,24 @@ def test_gold_standard_report_names_the_closest_method_with_its_test():
     assert "vs GA" in text and "KL closer on 3/3 splits" in text
     with pytest.raises(SystemExit, match="per-question"):
         gold.report([{**runs[0], "questions": []}])
+
+
+def test_retain_subsample_effect_by_hand():
+    spec = importlib.util.spec_from_file_location("retain_subsample", Path(__file__).parents[1] / "benchmarks" /
+                                                  "retain_subsample.py")
+    sub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sub)
+    people = ["a", "b", "c", "d"]
+    q = []
+    for method, retain_values in (("Vanilla", [1, 1, 1, 1]), ("Retain", [1, 1, 1, 1]), ("GA", [1, 1, 0, 0])):
+        for r in ("image_text", "text_only"):
+            q += records(method, retain_values, "retain", r, "mc", people)
+            q += records(method, [0.5 if method != "Vanilla" else 1.0], "forget", r, "mc", ["f"])
+    # GA's retain score: 0.5 on all four people, 1.0 on the sample {a, b}: drop 50 -> 0 points. Its distance to the
+    # retain model over 2 cells (forget: GA = retain = 0.5; retain: 0.5 vs 1): (0 + 50) / 2 = 25 full, 0 on the sample.
+    effect = sub.effects(q, {"a", "b"})["GA"]["image_text"]
+    assert effect["retain_drop"] == (pytest.approx(50), pytest.approx(0))
+    assert effect["distance"] == (pytest.approx(25), pytest.approx(0))
+    everyone = sub.effects(q, set(people))["GA"]["text_only"]
+    assert everyone["retain_drop"][0] == everyone["retain_drop"][1]
+    assert len(sub.with_sample(q, {"a"})) == len(q) - 3 * 2 * 3
