@@ -17,7 +17,8 @@ from .importance import select, select_neurons, select_union
 from .models import model_inputs
 from .profiles import interactive
 from .prune import NeuronMask
-from .viz import figure, layer_heatmap, overlap_figure, point_figure, show, sweep_figure
+from .viz import (PAGE_WIDTH, figure, glue_figure, layer_heatmap, overlap_figure, point_figure, show, sweep_figure,
+                  tower_split_note)
 
 
 # --------------------------------------------------------------------------------- 03: the renderings' overlap
@@ -90,7 +91,7 @@ class Sweep:
     def drops(self):
         """Vanilla minus pruned, in points, mean over tasks: rows alpha, columns (set, rendering)."""
         mean = self.frame.groupby(["alpha", "set", "rendering"])["value"].mean().unstack(["set", "rendering"]) * 100
-        return (mean.loc[0] - mean).drop(index=0).round(1)
+        return (mean.loc[0] - mean).drop(index=0)
 
 
 def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence[float], config: ManuConfig,
@@ -117,6 +118,52 @@ def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence
         masks[float(alpha)] = mask.summary()
     frame = pd.DataFrame(rows)[["alpha", "set", "rendering", "task", "value", "n"]]
     return Sweep(frame, masks, config.to_dict())
+
+
+@dataclasses.dataclass
+class SplitRuns:
+    """MANU on several forget splits with one vanilla model: per split its world, mask and report, and the drops
+    from vanilla (``split, set, rendering, drop`` in points, mean over tasks; empty without an evaluation)."""
+
+    runs: dict
+    drops: object
+
+    def spread(self):
+        """Mean, std (over splits, ddof 1), min and max of the drops: rows ``(set, rendering)``."""
+        return self.drops.groupby(["set", "rendering"])["drop"].agg(["mean", "std", "min", "max"])
+
+
+def across_splits(model, processor, adapter, profile, config: ManuConfig, evaluation=None,
+                  splits: Sequence[str] = ("forget_5", "forget_10", "forget_15"), retain_people: int | None = 10,
+                  seed: int = 0, progress: bool = False) -> SplitRuns:
+    """Run ``config`` on each forget split of ``profile``'s bench against the same ``model`` (the vanilla model's
+    cache key does not depend on the split, so one vanilla serves all of them) and, with ``evaluation``, measure
+    the drops on forget and on a seeded sample of ``retain_people`` retain people (all of them with ``None``).
+
+    The benchmark's splits are nested (forget_5 ⊂ forget_10 ⊂ forget_15): their spread is a lower bound on the
+    spread of independent draws of people, not a confidence interval.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .manu import manu_unlearn
+    from .profiles import profile_world
+
+    runs, rows = {}, []
+    for split in tqdm(list(splits), desc="forget splits", disable=not progress):
+        world = profile_world(profile, split).with_retain_sample(retain_people, seed)
+        mask, report = manu_unlearn(model, processor, world.forget_train, world.retain_train, config, progress=False)
+        runs[split] = {"world": world, "mask": mask, "report": report}
+        if evaluation is None:
+            continue
+        scoped = dataclasses.replace(evaluation, sets=("forget", "retain"))
+        before = evaluate(model, processor, adapter, world, scoped, progress=False).frame()
+        with mask.applied(model):
+            after = evaluate(model, processor, adapter, world, scoped, progress=False).frame()
+        mean = [f.groupby(["set", "rendering"])["value"].mean() * 100 for f in (before, after)]
+        rows += [{"split": split, "set": k[0], "rendering": k[1], "drop": float(v)}
+                 for k, v in (mean[0] - mean[1]).items()]
+    return SplitRuns(runs, pd.DataFrame(rows, columns=["split", "set", "rendering", "drop"]))
 
 
 def custom_selection(stats, score_fn, alpha: float, towers: Sequence[str] = ("language", "vision"),
@@ -150,14 +197,15 @@ def compare_selections(model, processor, adapter, world: World, selections: Mapp
             rows += evaluate(model, processor, adapter, sub, evaluation, method=label, progress=False)
     frame = pd.DataFrame(rows)
     mean = frame.groupby(["method", "set", "rendering"])["value"].mean().unstack(["set", "rendering"]) * 100
-    return (mean.loc["vanilla"] - mean).drop(index="vanilla").loc[list(selections)].round(1)
+    return (mean.loc["vanilla"] - mean).drop(index="vanilla").loc[list(selections)]
 
 
 # ------------------------------------------------------------------------------------------- explorers
-def alpha_explorer(sweep: Sweep) -> None:
-    """Show the sweep: always the static figure; in a live kernel also an alpha slider that redraws the scores of
-    the forget and retain sets per rendering and the share of each layer pruned at that alpha."""
-    show(sweep_figure(sweep))
+def alpha_explorer(sweep: Sweep, glue_as: str | None = None) -> None:
+    """Show the sweep: always the static figure (bound to ``glue_as`` for a numbered ``{glue:figure}`` when given,
+    see :func:`manu_lite.viz.glue_figure`); in a live kernel also an alpha slider that redraws the scores of the
+    forget and retain sets per rendering and the share of each layer pruned at that alpha."""
+    glue_figure(glue_as, sweep_figure(sweep)) if glue_as else show(sweep_figure(sweep))
     if not interactive():
         return
     import ipywidgets as widgets
@@ -181,14 +229,14 @@ def alpha_explorer(sweep: Sweep) -> None:
 def heatmap_explorer(selections: Mapping[str, Mapping[str, Mapping]]) -> None:
     """Layer heatmaps of several selections (e.g. formulation → {alpha: summary}); static figure of all of them,
     and in a live kernel a dropdown to look at one at a time."""
-    fig = figure(3.2 * len(selections) + 1.0, 0.9 + 0.42 * max(len(next(iter(s.values()))["per_site"])
-                                                                      for s in selections.values()))
-    axes = fig.subplots(1, len(selections), squeeze=False)[0]
+    fig = figure(PAGE_WIDTH, 1.3 + 0.42 * max(len(next(iter(s.values()))["per_site"]) for s in selections.values()))
+    axes = fig.subplots(1, len(selections), squeeze=False, sharey=True)[0]
     for ax, (name, summaries) in zip(axes, selections.items()):
         layer_heatmap({f"{a:g}" if isinstance(a, float) else str(a): m for a, m in summaries.items()},
-                      title=name, ax=ax)
+                      title=name, ax=ax, colorbar=False)  # every cell is labelled with its percentage
         ax.set_xlabel("α (%)")
-    fig.suptitle("% of each layer's neurons selected, per α (vision above the blue line, language below)", fontsize=9)
+    rows = sorted({n for summaries in selections.values() for m in summaries.values() for n in m["per_site"]})
+    fig.suptitle(f"% of each layer's neurons selected, per α ({tower_split_note(rows)})", fontsize=9)
     show(fig)
     if not interactive():
         return
