@@ -36,7 +36,7 @@ __all__ = ["check_recording_hook", "check_importance_functions", "check_prune_ne
            "tiny_model_and_batches"]
 
 
-class _Report:
+class Report:
     """Collects the parts of one check and prints them."""
 
     def __init__(self, name: str):
@@ -133,7 +133,7 @@ def _new_hooks(model, before: set) -> list[str]:
 def check_recording_hook(fn: Callable[[torch.nn.Module, NeuronSite, dict], torch.Tensor]) -> bool:
     """Check ``fn(model, site, batch)``: it runs ``model`` once on ``batch`` (model inputs + ``labels``) and returns
     the activations of ``site``'s neurons — the input of ``site.out_module`` — with every hook removed afterwards."""
-    report = _Report("check_recording_hook")
+    report = Report("check_recording_hook")
     model, batches = tiny_model_and_batches()
     sites = {s.tower: s for s in reversed(find_sites(model))}  # the first site of each tower
 
@@ -190,7 +190,7 @@ def check_recording_hook(fn: Callable[[torch.nn.Module, NeuronSite, dict], torch
 
 
 # ----------------------------------------------------------------------------------------- assignment 2
-def _random_stats(seed: int, width: int = 64, tau: float = 0.1):
+def random_stats(seed: int, width: int = 64, tau: float = 0.1):
     """Statistics of two renderings with different activation distributions, and a neuron silent in both."""
     g = torch.Generator().manual_seed(seed)
     scale_m = torch.rand(width, generator=g) * 2
@@ -219,8 +219,8 @@ def check_importance_functions(i_abs: Callable, i_freq: Callable, i_var: Callabl
     """Check the paper's four per-neuron contrasts, each ``fn(multi: NeuronStats, text: NeuronStats, eps) ->
     Tensor[width]`` (``multi`` = image+text statistics, ``text`` = text-only statistics of one dataset), in the
     per-token reading of N and Z² (``paper_components(..., reduction="mean")``)."""
-    report = _Report("check_importance_functions")
-    cases = [_random_stats(seed) for seed in (1, 2)]
+    report = Report("check_importance_functions")
+    cases = [random_stats(seed) for seed in (1, 2)]
     for key, fn in (("abs", i_abs), ("freq", i_freq), ("var", i_var), ("rms", i_rms)):
         def test(key=key, fn=fn):
             for multi, text in cases:
@@ -245,7 +245,7 @@ def check_prune_neurons(fn: Callable[[NeuronSite, torch.Tensor], Callable[[], No
     function that puts back exactly what it changed."""
     from .prune import NeuronMask
 
-    report = _Report("check_prune_neurons")
+    report = Report("check_prune_neurons")
     model, batches = tiny_model_and_batches()
     sites = find_sites(model)
     targets = {"language": next(s for s in sites if s.tower == "language"),
@@ -338,7 +338,7 @@ def planted_stats(seed: int = 0, width: int = 200, planted: int = 10, tau: float
 def check_own_score(fn: Callable[[NeuronStats, NeuronStats], torch.Tensor], k: int = 10) -> bool:
     """Check an importance score ``fn(forget: NeuronStats, retain: NeuronStats) -> Tensor[width]`` of one rendering
     (higher = more forget-specific = pruned first) on statistics with planted forget-specific neurons."""
-    report = _Report("check_own_score")
+    report = Report("check_own_score")
     forget, retain, groups = planted_stats()
     saved = {name: {f: t.clone() for f, t in s.tensors().items()} for name, s in (("forget", forget), ("retain", retain))}
     result: dict[str, torch.Tensor] = {}
