@@ -7,7 +7,7 @@ from pathlib import Path
 from .artifacts import atomic_path
 from .config import RENDERINGS, SETS, TASKS
 from .evaluate import Results
-from .viz import RENDERING_LABELS, figure, layer_shares, save_figure
+from .viz import RENDERING_LABELS, figure, layer_heatmap, layer_shares, save_figure, tower_split_note
 
 TASK_NAMES = {"mc": "MC", "generation": "ROUGE-L", "cloze": "cloze"}
 RENDERING_NAMES = {"image_text": "img+txt", "text_only": "text"}
@@ -136,25 +136,11 @@ def plot_pruned_heatmap(masks: dict[str, dict], path) -> Path:
     """Share of neurons pruned per layer (rows: vision layers, then language layers) for each mask (columns).
 
     ``masks``: label → :meth:`manu_lite.prune.NeuronMask.summary` (its ``per_site`` counts). Cells show the
-    percentage and the count.
+    percentage and the count; :func:`manu_lite.viz.layer_heatmap` draws it (a tower line only when both towers have
+    rows, a slim colour bar).
     """
-    sites, labels, grid = layer_shares(masks)
-    fig, ax = figure(1.0 + 1.1 * len(labels), 0.9 + 0.45 * len(sites), layout="tight", nrows=1)
-    image = ax.imshow(grid, cmap="magma_r", aspect="auto", vmin=0)
-    for i, site in enumerate(sites):
-        for j, label in enumerate(labels):
-            count = masks[label]["per_site"].get(site, {}).get("selected", 0)
-            ax.text(j, i, f"{grid[i][j]:.0f}%\n{count}", ha="center", va="center", fontsize=6,
-                    color="white" if grid[i][j] > 0.6 * max(max(r) for r in grid) else "black")
-    vision_rows = sum(s.startswith("vision") for s in sites)
-    if 0 < vision_rows < len(sites):
-        ax.axhline(vision_rows - 0.5, color="tab:blue", linewidth=2)
-    ax.set_yticks(range(len(sites)))
-    ax.set_yticklabels(sites, fontsize=7)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=6, rotation=40, ha="right")
-    fig.colorbar(image, ax=ax, label="% of the layer's neurons pruned")
-    ax.set_title("pruned neurons per layer (vision above the line, language below)", fontsize=8)
+    sites = layer_shares(masks)[0]
+    fig = layer_heatmap(masks, title=f"pruned neurons per layer ({tower_split_note(sites)})", counts=True)
     return save_figure(fig, path, {"sites": sites, "masks": masks})
 
 
