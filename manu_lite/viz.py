@@ -61,7 +61,17 @@ def glue(name: str, value) -> None:
         from myst_nb import glue as _glue
     except ImportError:
         return
-    _glue(name, value, display=False)
+    _glue(name, _Text(value) if isinstance(value, str) else value, display=False)
+
+
+class _Text:
+    """A glued string shown as itself (a ``str``'s plain-text form would carry quotes into the sentence)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def glue_figure(name: str, fig) -> None:
@@ -234,7 +244,7 @@ def paper_components_figure(components: Mapping[str, Mapping[str, torch.Tensor]]
         ax.set_title(f"$I_{{{key}}}$", fontsize=10)
         ax.set_ylabel("neurons")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"the paper's four contrasts of {site}", fontsize=10)
+    fig.suptitle(f"the paper's four terms of {site}", fontsize=10)
     return fig
 
 
@@ -300,7 +310,9 @@ def layer_heatmap(summaries: Mapping[str, Mapping], title: str = "share of each 
                        ha="right" if max(len(l) for l in labels) > 6 else "center")
     ax.set_title(title, fontsize=8)
     if colorbar:
-        ax.figure.colorbar(image, ax=ax, label="% of the layer", fraction=0.05, pad=0.03, shrink=0.9)
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.05, pad=0.03, shrink=0.9)
+        bar.set_label("% of the layer", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return fig if fig is not None else ax
 
 
