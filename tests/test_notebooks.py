@@ -17,7 +17,9 @@ import yaml
 import manu_lite
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+# The book's notebooks; the student copies of the assignments (derived by notebooks/assignments/make_student.py,
+# tested in tests/test_checks.py) are not book pages.
+NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if "student" not in p.parts)
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 REPO = CONFIG["repository"]["url"]
 BRANCH = CONFIG["repository"]["branch"]
@@ -82,8 +84,9 @@ def test_no_pyplot_state_in_notebooks():
 # models, finetune) do not count: a chapter must import its own module(s) at least as often as any other.
 CHAPTER_MODULES = {"01": {"bench", "evaluate"}, "02": {"hooks", "stats"}, "03": {"importance", "experiments"},
                    "04": {"prune", "manu", "experiments"}, "05": {"compare"}, "06": {"evaluate", "manu"},
-                   "a1": {"checks", "hooks"}, "a2": {"checks", "stats"}, "a3": {"checks", "hooks"},
-                   "a4": {"checks", "importance", "experiments"}}
+                   "a1": {"checks", "checks_extra", "hooks"}, "a2": {"checks", "checks_extra", "stats"},
+                   "a3": {"checks", "checks_extra", "hooks"},
+                   "a4": {"checks", "checks_extra", "importance", "experiments"}}
 SHARED_HELPERS = {"config", "profiles", "viz", "models", "finetune"}
 
 
@@ -107,3 +110,30 @@ def test_the_package_map_lists_every_module():
     listed = set(re.findall(r"`(\w+)`", page))
     modules = {p.stem for p in (ROOT / "manu_lite").glob("*.py") if not p.stem.startswith("_")}
     assert modules <= listed, f"book/package_map.md lacks {sorted(modules - listed)}"
+
+
+FINDINGS = [p for p in NOTEBOOKS if p.name[:2] in {"01", "02", "03", "04"}]
+# A number typed into prose: a decimal, or digits followed by % or "points"; math, code, roles and directives removed.
+TYPED_NUMBER = re.compile(r"(?<![\w.{-])\d+(\.\d+)?\s*(%|points?\b)|(?<![\w.-])\d+\.\d+")
+
+
+def _prose(source: str) -> str:
+    source = re.sub(r"```.*?```", " ", source, flags=re.S)          # fenced blocks (figure directives, code)
+    source = re.sub(r"\$\$.*?\$\$|\$[^$\n]+\$", " ", source, flags=re.S)  # math
+    source = re.sub(r"\{[\w:]+\}`[^`]*`|`[^`]*`", " ", source)           # roles ({glue:text}`x:.1f`) and code
+    return source
+
+
+@pytest.mark.parametrize("path", FINDINGS, ids=lambda p: p.stem)
+def test_chapters_end_with_what_we_found_and_type_no_results(path):
+    """Chapters 01-04 end with "What we found" (after the summary), and every result their prose quotes is glued
+    from the run (myst-nb glue), never typed: a typed number goes stale the day the run changes."""
+    nb = nbformat.read(path, as_version=4)
+    last = nb.cells[-1].source
+    assert "## What we found" in last and last.index("## Summary") < last.index("## What we found"), path.name
+    found = last[last.index("## What we found"):]
+    assert "{glue:text}" in found and "does not show" in found, f"{path.name}: a finding with its size and limits"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            m = TYPED_NUMBER.search(_prose(cell.source))
+            assert not m, f"{path.name}: a number typed into the prose ({m.group(0)!r}); glue it from the run"
