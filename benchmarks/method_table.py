@@ -35,7 +35,7 @@ from manu_lite.config import TINY_EVAL, ManuConfig  # noqa: E402
 from manu_lite.evaluate import EvalConfig, evaluate  # noqa: E402
 from manu_lite.hooks import find_sites  # noqa: E402
 from manu_lite.importance import select  # noqa: E402
-from manu_lite.manu import manu_unlearn  # noqa: E402
+from manu_lite.manu import choose_prune_mode, manu_unlearn  # noqa: E402
 from manu_lite.profiles import profile_world, tiny_vanilla  # noqa: E402
 from manu_lite.prune import NeuronMask  # noqa: E402
 from manu_lite.released import output_sites, select_released  # noqa: E402
@@ -100,6 +100,7 @@ def main() -> None:
         # splits' models are the same training; load the cached one under the default split's key.
         model, processor, adapter = tiny_vanilla(profile_world("tiny", forget="forget_10"), 0, progress=False)
         vanilla = evaluate(model, processor, adapter, world, evaluation, progress=False)
+        results["vanilla"] = Path(getattr(model.config, "_name_or_path", "")).name  # the cache entry: which recipe
         # One statistics pass over all towers, reused by every method and alpha.
         _, report = manu_unlearn(model, processor, world.forget_train, world.retain_train,
                                  ManuConfig(towers=towers), adapter=adapter, progress=False)
@@ -117,7 +118,8 @@ def main() -> None:
                 indices, channels = select(report.stats, config), {}
             chosen[(name, alpha)] = neuron_set(indices)
             used = [sites[n] for n in {*indices, *channels}]
-            mask = NeuronMask.from_sites(indices, used, mode=config.prune_mode, channels=channels)
+            mode = choose_prune_mode(model, config.prune_mode)
+            mask = NeuronMask.from_sites(indices, used, mode=mode, channels=channels)
             with mask.applied(model):
                 after = evaluate(model, processor, adapter, world, evaluation, method="manu", progress=False)
             key = f"{name} a={alpha:g}"

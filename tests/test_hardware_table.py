@@ -33,3 +33,29 @@ def test_the_hardware_page_uses_the_generated_tables():
     page = (ROOT / "book" / "hardware.md").read_text()
     for path in RESULTS:
         assert f"```{{bench-scale-table}} {path.relative_to(ROOT).as_posix()}" in page
+
+
+# ---- the method table (benchmarks/method_table.py's JSON) -----------------------------------------------------
+FAKE_METHODS = {
+    "splits": ["forget_5", "forget_10", "forget_15"], "retain_people": 10,
+    "selected": {"reference a=30": [150, 153, 156]},
+    "drops": {"reference a=30": [{c: 10.0 * i + j for j, (c, _) in enumerate(bench_tables.METHOD_COLUMNS)}
+                                 for i in range(3)]},
+    "jaccard": {"reference|balanced a=30": [0.5, 0.6, 0.7]},
+}
+
+
+def test_method_values_are_mean_and_sample_std_over_splits():
+    # forget/cloze/image_text is column 0: 0, 10, 20 -> mean 10, sample std 10.
+    assert bench_tables.method_value(FAKE_METHODS, "reference a=30 forget/cloze/image_text") == "+10.0 ± 10.0"
+    assert bench_tables.method_value(FAKE_METHODS, "jaccard reference|balanced a=30") == "0.60 ± 0.10"
+    assert bench_tables.method_value(FAKE_METHODS, "splits") == "forget_5, forget_10, forget_15"
+    with pytest.raises(KeyError, match="rows: \\['reference a=30'\\]"):
+        bench_tables.method_value(FAKE_METHODS, "paper a=30 forget/cloze/image_text")
+
+
+def test_method_rows_hold_every_column():
+    header, rows = bench_tables.method_rows(FAKE_METHODS)
+    assert header[:2] == ["method", "neurons"] and len(header) == 2 + len(bench_tables.METHOD_COLUMNS)
+    assert rows == [["reference, α = 30", "153"] + [f"{10.0 + j:+.1f} ± 10.0"
+                                                   for j in range(len(bench_tables.METHOD_COLUMNS))]]
