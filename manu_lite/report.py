@@ -7,7 +7,7 @@ from pathlib import Path
 from .artifacts import atomic_path
 from .config import RENDERINGS, SETS, TASKS
 from .evaluate import Results
-from .viz import RENDERING_LABELS, figure, layer_heatmap, layer_shares, save_figure, tower_split_note
+from .viz import PAGE_WIDTH, RENDERING_LABELS, figure, layer_heatmap, layer_shares, save_figure, tower_split_note
 
 TASK_NAMES = {"mc": "MC", "generation": "ROUGE-L", "cloze": "cloze"}
 RENDERING_NAMES = {"image_text": "img+txt", "text_only": "text"}
@@ -82,7 +82,7 @@ def plot_tradeoff(points: list[dict], path, target: dict | None = None) -> Path:
     little retain loss. The dotted line marks the 5-point retain budget. ``target``: the retain model's drops
     (``{set: {rendering: points}}``), drawn as a star: where unlearning should land.
     """
-    fig, axes = figure(11, 4.4, layout="tight", nrows=1, ncols=2, sharey=True)
+    fig, axes = figure(PAGE_WIDTH, 3.9, layout="tight", nrows=1, ncols=2, sharey=True)  # page width: legible
     families = list(dict.fromkeys(p["family"] for p in points))
     from matplotlib import colormaps
 
@@ -114,7 +114,7 @@ def plot_balance(summary: dict, path) -> Path:
     methods = [m for m in summary["methods"] if m != "Vanilla"]
     forget = {m: summary["methods"][m]["drops"]["forget"] for m in methods}
     imbalance = {m: summary["methods"][m]["balance"] for m in methods}
-    fig, (left, right) = figure(11, 3.8, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = figure(PAGE_WIDTH, 3.4, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
     width = 0.4
     for k, rendering in enumerate(RENDERING_LABELS):
         left.bar([i + k * width for i in range(len(methods))], [forget[m][rendering] for m in methods], width,
@@ -148,7 +148,7 @@ def plot_robustness(summary: dict, path) -> Path:
     """Relearning attack (forget score after unlearning and after each attack) and membership-inference AUC."""
     rows = summary["methods"]
     methods = list(rows)
-    fig, (left, right) = figure(11, 3.8, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = figure(PAGE_WIDTH, 3.4, layout="tight", nrows=1, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
     series = {"unlearned": [100 * rows[m]["forget_score"] for m in methods]}
     for source in ("forget", "retain"):
         series[f"+relearn on {source}"] = [100 * rows[m].get("relearn_forget_score", {}).get(source, float("nan"))
