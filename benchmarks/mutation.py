@@ -4,6 +4,8 @@
     python benchmarks/mutation.py --modules stats          # one module
     python benchmarks/mutation.py --modules importance --tests tests/test_meaning_selection.py
     python benchmarks/mutation.py --tool ast               # the built-in fallback runner
+    python benchmarks/mutation.py --modules prune --sample 120 --seed 19 --json out.json   # a seeded sample
+    python benchmarks/mutation.py --modules prune --rerun out.json   # only out.json's survivors, with today's tests
 
 Each run works in a scratch copy of the repository (``--workdir``, default a temporary directory), never in the
 working tree. With ``--tool mutmut`` (the default when mutmut >= 3 is installed: ``pip install mutmut``) the copy
@@ -13,28 +15,37 @@ documented fallback for machines without mutmut: it parses the module, applies o
 (comparison flips such as ``>`` → ``>=``, arithmetic swaps ``+``/``-``, ``*``/``/``, ``and``/``or``, integer
 constants ±1, ``True``/``False``), runs the tests with ``pytest -x`` and counts the mutants the tests kill.
 
-Prints one line per module — ``module: killed/total = score %`` — and the surviving mutants, to be judged
-(equivalent mutants are survivors no test can kill; the target is >= 90 % of the non-equivalent ones).
+Prints one line per module — mutants, killed, survived, timeouts, not covered (no selected test reaches the
+mutated function), the score killed/mutants (a Wilson 95 % interval for a sample) and the wall time — then the
+surviving mutants, to be judged (equivalent mutants are survivors no test can kill; the target is >= 90 % of the
+non-equivalent ones). mutmut runs, per mutant, only the selected tests that reach the mutated function; in the
+scratch copy the tests share one model cache (see ``SHARED_CACHE_FIXTURE``) so the tiny vanilla is trained once.
+On 2 shared cores a module's full set takes about 1-3 s per mutant; ``--sample`` bounds it.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Module -> the test files that exercise it (fast ones first; the meaning tests of issue 19 included).
 TESTS = {
-    "stats": ["tests/test_meaning_selection.py", "tests/test_meaning_eval.py", "tests/test_importance.py"],
-    "importance": ["tests/test_meaning_selection.py", "tests/test_importance.py"],
-    "prune": ["tests/test_prune.py", "tests/test_meaning_prune_biases.py"],
-    "hooks": ["tests/test_hooks.py", "tests/test_meaning_eval.py"],
+    "stats": ["tests/test_importance.py", "tests/test_meaning_selection.py", "tests/test_meaning_eval.py",
+              "tests/test_hooks.py"],
+    "importance": ["tests/test_importance.py", "tests/test_meaning_selection.py"],
+    "prune": ["tests/test_prune.py", "tests/test_meaning_prune_biases.py", "tests/test_meaning_prune.py"],
+    "hooks": ["tests/test_hooks.py", "tests/test_meaning_eval.py", "tests/test_meaning_selection.py",
+              "tests/test_meaning_hooks.py"],
+    "sites": ["tests/test_hooks.py", "tests/test_architectures.py"],
     "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py"],
     "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py"],
 }
@@ -59,28 +70,79 @@ def _env(workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ mutmut
-def run_mutmut(module: str, tests: list[str], workdir: Path, max_children: int) -> dict:
+# Appended to the scratch copy's tests/conftest.py (never to the repository's): every mutant's test run shares one
+# model cache, so the tiny vanilla LLaVA is trained once (by mutmut's stats run) instead of once per mutant. Sound
+# because the training code (finetune, models, bench) is never one of the mutated modules and does not import them.
+SHARED_CACHE_FIXTURE = """
+
+# --- added by benchmarks/mutation.py in its scratch copy: one model cache for every mutant's test run
+@pytest.fixture(scope="session")
+def model_cache():
+    path = __import__("pathlib").Path(os.environ["MUTATION_MODEL_CACHE"])
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["MANU_LITE_CACHE"] = str(path)
+    yield path
+"""
+# mutmut's exit codes -> the statuses counted here (mutmut.stats.status_by_exit_code, grouped).
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", -24: "timeout",
+          24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def _meta(copy: Path, module: str) -> dict:
+    path = copy / "mutants" / "manu_lite" / f"{module}.py.meta"
+    return json.loads(path.read_text())["exit_code_by_key"] if path.exists() else {}
+
+
+def run_mutmut(module: str, tests: list[str], workdir: Path, max_children: int, sample: int | None = None,
+               seed: int = 0, timeout_constant: float = 5.0, only: list[str] | None = None) -> dict:
+    """mutmut 3 on ``manu_lite/<module>.py`` with ``tests`` in a scratch copy.
+
+    With ``sample``, mutmut first generates every mutant (a run that matches no mutant name), then a seeded
+    ``random.Random(seed).sample`` of ``sample`` names is run: the score is then an estimate (binomial interval).
+    ``timeout_constant`` is added to each mutant's test time before mutmut's 15x multiplier: its default (1 s)
+    ignores fixture setup, which is not in the timed test durations. ``only`` runs just the named mutants (say, a
+    previous run's survivors, to check that new tests kill them).
+    """
+    import random
+
     copy = scratch_copy(workdir)
     pyproject = copy / "pyproject.toml"
     text = pyproject.read_text() if pyproject.exists() else ""
+    # mutmut re-runs only the tests that reach a mutant's function, so a test file that does not reach the module
+    # costs its one stats run and nothing per mutant.
     text += ("\n[tool.mutmut]\n"
              "source_paths = [\"manu_lite\"]\n"
              f"only_mutate = [\"manu_lite/{module}.py\"]\n"
              f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-             "pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:cacheprovider\"]\n"
+             "pytest_add_cli_args = [\"-q\", \"-p\", \"no:cacheprovider\"]\n"
+             f"timeout_constant = {timeout_constant}\n"
              "also_copy = [\"tests\", \"benchmarks\"]\n")
     pyproject.write_text(text)
+    conftest = copy / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + SHARED_CACHE_FIXTURE)
+    env = dict(_env(copy), MUTATION_MODEL_CACHE=str(workdir.parent / f".mutation-model-cache-{module}"))
     mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=copy, env=_env(copy), check=False)
-    subprocess.run([*mutmut, "export-cicd-stats"], cwd=copy, env=_env(copy), check=False, capture_output=True)
-    stats_file = copy / "mutants" / "mutmut-cicd-stats.json"
-    counts = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-    listing = subprocess.run([*mutmut, "results"], cwd=copy, env=_env(copy), capture_output=True, text=True).stdout
-    survivors = [ln.strip() for ln in listing.splitlines() if "survived" in ln or "no tests" in ln]
+    names: list[str] = sorted(only or [])
+    if sample and not names:
+        # generates the mutants and the test-to-function map; the pattern matches no mutant, so none is run
+        subprocess.run([*mutmut, "run", "--max-children", str(max_children), f"manu_lite.{module}.no_such_*"],
+                       cwd=copy, env=env, check=False)
+        keys = sorted(_meta(copy, module))
+        names = sorted(random.Random(seed).sample(keys, min(sample, len(keys))))
+    subprocess.run([*mutmut, "run", "--max-children", str(max_children), *names], cwd=copy, env=env, check=False)
+    codes = _meta(copy, module)
+    if names:
+        codes = {k: codes[k] for k in names}
+    counts: dict[str, int] = {}
+    for code in codes.values():
+        status = STATUS.get(code, "suspicious")
+        counts[status] = counts.get(status, 0) + 1
+    survivors = sorted(k for k, c in codes.items() if STATUS.get(c) in ("survived", "no tests", "suspicious"))
     killed = counts.get("killed", 0)
-    judged = killed + counts.get("survived", 0) + counts.get("no_tests", 0) + counts.get("timeout", 0)
-    return {"module": module, "tool": "mutmut", "killed": killed, "total": judged, "counts": counts,
-            "survivors": survivors}
+    return {"module": module, "tool": "mutmut", "killed": killed, "total": len(codes), "counts": counts,
+            "survivors": survivors, "sample": sample if not only else None, "seed": seed if sample else None,
+            "rerun": len(only or []), "workdir": str(copy),
+            "population": len(_meta(copy, module))}
 
 
 # ----------------------------------------------------------------------------------------- AST fallback
@@ -172,7 +234,35 @@ def run_ast(module: str, tests: list[str], workdir: Path, limit: int | None, tim
             survivors.append(where)
         print(f"  [{n}/{len(mutants)}] {where}: {'killed' if dead else 'SURVIVED'}", flush=True)
     target.write_text(original)
-    return {"module": module, "tool": "ast", "killed": killed, "total": len(mutants), "survivors": survivors}
+    return {"module": module, "tool": "ast", "killed": killed, "total": len(mutants), "survivors": survivors,
+            "counts": {"killed": killed, "survived": len(survivors)}}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) of a proportion ``k / n``: the interval of a sampled score."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return centre - half, centre + half
+
+
+def summary(report: dict, equivalent: int = 0) -> str:
+    """One line: mutants, killed, survived, timeouts, not covered, and the score over non-equivalent mutants
+    (``equivalent`` survivors, judged by hand, leave the denominator; timeouts count as not killed)."""
+    c = report.get("counts", {})
+    n, k = report["total"] - equivalent, report["killed"]
+    line = (f"{report['module']}: mutants {report['total']}"
+            + (f" (seeded sample, seed {report['seed']}, of {report['population']})" if report.get("sample") else "")
+            + (" (an earlier run's survivors, rerun)" if report.get("rerun") else "")
+            + f", killed {k}, survived {c.get('survived', 0)}, timeouts {c.get('timeout', 0)}, "
+              f"not covered {c.get('no tests', 0)}, suspicious {c.get('suspicious', 0)}"
+            + (f", equivalent {equivalent}" if equivalent else "")
+            + (f"; score {100 * k / n:.1f} %" if n else "; score n/a"))
+    if report.get("sample") and n:
+        low, high = wilson(k, n)
+        line += f" (95 % interval {100 * low:.1f}-{100 * high:.1f} %)"
+    return line
 
 
 def main(argv=None) -> list[dict]:
@@ -184,6 +274,14 @@ def main(argv=None) -> list[dict]:
                         help="default: mutmut when installed, else the AST fallback")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--sample", type=int, default=None,
+                        help="mutmut: run a seeded random sample of this many mutants per module (an estimate)")
+    parser.add_argument("--seed", type=int, default=0, help="mutmut: the sample's seed")
+    parser.add_argument("--timeout-constant", type=float, default=5.0,
+                        help="mutmut: seconds added to a mutant's test time before its 15x timeout multiplier")
+    parser.add_argument("--rerun", type=Path, default=None,
+                        help="mutmut: run only the survivors listed in this earlier --json report, per module")
+    parser.add_argument("--json", type=Path, default=None, help="write the reports (counts, survivors) here")
     parser.add_argument("--limit", type=int, default=None, help="AST tool: at most this many mutants per module")
     parser.add_argument("--timeout", type=int, default=600, help="AST tool: seconds per mutant's test run")
     args = parser.parse_args(argv)
@@ -200,16 +298,27 @@ def main(argv=None) -> list[dict]:
         if args.keyword:
             tests = [*tests, "-k", args.keyword]
         workdir = args.workdir / module if args.workdir else Path(tempfile.mkdtemp(prefix=f"mutation-{module}-"))
+        start = time.perf_counter()
         if tool == "mutmut":
-            report = run_mutmut(module, tests, workdir, args.max_children)
+            only = None
+            if args.rerun:
+                only = [name for r in json.loads(args.rerun.read_text()) if r["module"] == module
+                        for name in r["survivors"]]
+                if not only:
+                    print(f"{module}: no survivors to rerun in {args.rerun}")
+                    continue
+            report = run_mutmut(module, tests, workdir, args.max_children, args.sample, args.seed,
+                                args.timeout_constant, only)
         else:
             report = run_ast(module, tests, workdir, args.limit, args.timeout)
-        score = 100 * report["killed"] / report["total"] if report["total"] else float("nan")
-        print(f"{module} ({report['tool']}; tests {' '.join(tests)}): killed {report['killed']}/{report['total']} "
-              f"= {score:.1f} % mutation score")
+        report["wall_s"] = round(time.perf_counter() - start)
+        report["tests"] = tests
+        print(f"{summary(report)}; tests {' '.join(tests)}; {report['wall_s']} s")
         for line in report["survivors"]:
             print(f"  survived: {line}")
         reports.append(report)
+        if args.json:
+            args.json.write_text(json.dumps(reports, indent=1))
     return reports
 
 
