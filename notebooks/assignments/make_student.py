@@ -24,6 +24,13 @@ import nbformat
 HERE = Path(__file__).resolve().parent
 STUDENT, SOLUTIONS = HERE / "student", HERE / "solutions"
 SOLUTION_FENCE = re.compile(r"^````\{solution-(start|end)\}")
+EXERCISE = re.compile(r"^````\{exercise\}\s*(?P<title>.+?)\n(?::[\w-]+:[^\n]*\n)*\s*(?P<body>.*?)\n?````\s*$", re.S)
+
+
+def plain_exercise(source: str) -> str:
+    """A sphinx-exercise block as plain Markdown (Jupyter and Colab do not render the directive)."""
+    match = EXERCISE.match(source.strip())
+    return f"### Exercise: {match['title'].strip()}\n\n{match['body'].strip()}" if match else source
 
 
 def tags(cell) -> list[str]:
@@ -40,6 +47,8 @@ def student_notebook(solved: nbformat.NotebookNode, name: str) -> nbformat.Noteb
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = plain_exercise(cell.source)
         if cell.cell_type == "markdown" and "{download}`student version" in cell.source:
             cell.source = (f"Fill in each stub cell (`# YOUR CODE HERE`), then run the **check** cell below it: it prints "
                            "`PASS`/`FAIL` per part, with a hint. The reference solutions are in "
