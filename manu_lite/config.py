@@ -18,7 +18,8 @@ PAPER_REDUCTIONS = ("sum", "mean")
 PAPER_VISION = ("as_written", "exclude")
 POSITIONS = ("recall", "all")
 SCOPES = ("global", "tower", "layer")
-PRUNE_MODES = ("neuron", "output_rows", "activation")
+PRUNE_MODES = ("neuron", "output_rows", "activation")  # how a NeuronMask prunes
+MANU_PRUNE_MODES = ("auto", *PRUNE_MODES)  # ManuConfig also takes "auto": chosen from the model's weights
 SETS = ("forget", "test", "retain", "celebrity")
 TASKS = ("mc", "generation", "cloze")
 
@@ -64,7 +65,9 @@ class ManuConfig:
     scope:       where the top-alpha threshold is taken: ``"global"``, per ``"tower"`` or per ``"layer"``;
                  ``None`` (default) = the formulation's own (paper, balanced: global; reference: tower).
     towers:      which towers are scored and pruned.
-    prune_mode:  ``"neuron"`` (remove neurons: zero down_proj/fc2 columns and gate/up/fc1 rows),
+    prune_mode:  ``"auto"`` (default: ``"activation"`` when the weights are quantized or offloaded, else
+                 ``"neuron"``; :func:`manu_lite.manu.choose_prune_mode`),
+                 ``"neuron"`` (remove neurons: zero down_proj/fc2 columns and gate/up/fc1 rows),
                  ``"output_rows"`` (the released code: zero output rows, i.e. residual channels), or
                  ``"activation"`` (a hook that masks neuron activations; weights untouched, works on 4-bit).
     weights:     per-statistic weights (abs, freq, var, rms); ``None`` means the formulation's default
@@ -78,7 +81,7 @@ class ManuConfig:
     alpha: float = 10.0
     scope: str | None = None
     towers: tuple[str, ...] = TOWERS
-    prune_mode: str = "neuron"
+    prune_mode: str = "auto"
     weights: dict[str, float] | None = None
     seed: int = 0
     max_batches: int | None = None
@@ -91,7 +94,7 @@ class ManuConfig:
         _check_choice("positions", self.positions, POSITIONS)
         if self.scope is not None:
             _check_choice("scope", self.scope, SCOPES)
-        _check_choice("prune_mode", self.prune_mode, PRUNE_MODES)
+        _check_choice("prune_mode", self.prune_mode, MANU_PRUNE_MODES)
         _check_choice("paper_reduction", self.paper_reduction, PAPER_REDUCTIONS)
         _check_choice("paper_vision", self.paper_vision, PAPER_VISION)
         if self.emulate_released_defects and self.formulation != "reference":
@@ -227,8 +230,8 @@ PROFILES: dict[str, Profile] = {
     "colab": Profile(
         name="colab", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=4, dtype="float16",
         load_in_4bit=True, evaluation=EvalConfig(batch_size=4),
-        # 4-bit weights cannot be zeroed in place: prune by masking activations.
-        manu=ManuConfig(prune_mode="activation"), note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
+        # 4-bit weights cannot be zeroed in place: prune_mode="auto" (the default) masks activations instead.
+        manu=ManuConfig(), note="one T4/L4-class GPU: the benchmark's fine-tuned LLaVA-1.5-7B in 4-bit",
     ),
     "full": Profile(
         name="full", model="MLLMMU/LLaVA_Vanilla", data="MLLMMU/MLLMU-Bench", batch_size=16, dtype="bfloat16",

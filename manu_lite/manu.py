@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -50,18 +51,68 @@ class ManuReport:
         return {k: v for k, v in self.__dict__.items() if k != "stats"}
 
 
+def weights_problem(model, sites=None) -> str | None:
+    """Why ``model``'s MLP weights cannot be zeroed in place, or ``None`` when they can.
+
+    Quantized: a ``quantization_config`` (bitsandbytes 4-bit/8-bit, GPTQ, AWQ, …) or ``is_quantized``; offloaded:
+    an ``hf_device_map`` that sends modules to ``"disk"``, or to ``"cpu"`` next to GPUs, or a parameter on the
+    ``meta`` device; and any of ``sites`` whose projection weights :func:`~manu_lite.prune.uneditable_sites` flags
+    (e.g. a ``Params4bit`` put in by hand). A model held whole on the CPU (``{"": "cpu"}``) is editable.
+    """
+    config = getattr(model, "config", None)
+    quant = getattr(model, "quantization_config", None) or getattr(config, "quantization_config", None)
+    if quant is not None or getattr(model, "is_quantized", False):
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        return f"the model is quantized (quantization_config: {getattr(method, 'value', method) or quant!r})"
+    placed = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
+    if "disk" in placed or ("cpu" in placed and placed - {"cpu"}):
+        return f"the model is offloaded (hf_device_map places modules on {sorted(placed)})"
+    meta = next((name for name, p in model.named_parameters() if p.device.type == "meta"), None)
+    if meta is not None:
+        return f"parameter {meta} is on the meta device (offloaded: accelerate loads it at each forward)"
+    problems = uneditable_sites(sites) if sites is not None else {}
+    if problems:
+        name, problem = next(iter(problems.items()))
+        return f"site {name}: {problem}; {len(problems)} sites in all"
+    return None
+
+
+def choose_prune_mode(model, requested: str = "auto", sites=None) -> str:
+    """The prune mode MANU uses on ``model``: ``requested``, with ``"auto"`` resolved from its weights.
+
+    ``"auto"`` gives ``"activation"`` (a hook masks the neurons' activations; weights untouched) when
+    :func:`weights_problem` finds quantized or offloaded weights, else ``"neuron"`` (the weights are zeroed, so
+    nothing runs at inference). A forced weight mode (``"neuron"``, ``"output_rows"``) on such weights raises
+    ``ValueError`` naming the reason and the fix.
+    """
+    problem = weights_problem(model, sites)
+    if requested == "auto":
+        return "activation" if problem else "neuron"
+    if requested != "activation" and problem:
+        raise ValueError(f"prune_mode={requested!r} zeroes weights, but this model's weights cannot be edited in "
+                         f"place ({problem}). Use ManuConfig(prune_mode='activation'), or leave the default "
+                         "prune_mode='auto', which picks it: a hook masks the activations, the mode for 4-bit "
+                         "(load_in_4bit=True) and offloaded models")
+    return requested
+
+
 def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = None, *,
                  adapter: PromptAdapter | None = None, batch_size: int = 16, progress: bool = True,
-                 model_id: str | None = None, collector=collect_stats) -> tuple[NeuronMask, ManuReport]:
+                 model_id: str | None = None, collector=collect_stats,
+                 strict: bool = True) -> tuple[NeuronMask, ManuReport]:
     """Score every MLP neuron of ``model`` on forget vs retain data and select the ones to prune.
 
     forget, retain: training-format profile records (e.g. ``world.forget_train``, ``world.retain_train``); each
                     is encoded in both renderings, image+text and text-only, with answers as labels.
     config:         every open choice (formulation, positions, tau, epsilon, alpha, scope, towers, paper_reduction,
-                    paper_vision, emulate_released_defects, prune_mode); ``config.max_batches`` caps the batches per (dataset, rendering). A 4-bit/8-bit
-                    or offloaded model needs ``prune_mode="activation"`` (checked before any statistics).
+                    paper_vision, emulate_released_defects, prune_mode); ``config.max_batches`` caps the batches
+                    per (dataset, rendering). ``prune_mode="auto"`` (the default) is resolved by
+                    :func:`choose_prune_mode` before any statistics: ``"activation"`` for 4-bit/8-bit or offloaded
+                    weights, else ``"neuron"``; the mask and the report carry the resolved mode.
     collector:      the statistics pass, :func:`~manu_lite.stats.collect_stats` or, under ``torchrun``,
                     :func:`manu_lite.distributed.collect_stats_distributed` (every rank gets the same mask).
+    strict:         passed to site discovery (:func:`~manu_lite.sites.find_sites`): ``False`` warns instead of
+                    raising when a requested tower or a layer has no MLP site, and goes on with the sites found.
     Returns the :class:`~manu_lite.prune.NeuronMask` (not applied) and a :class:`ManuReport`.
     """
     config = config or ManuConfig()
@@ -74,18 +125,11 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
     adapter = adapter or prompt_adapter_for(processor)
     # Sites whose output never reaches the language model (LLaVA's vision layers after vision_feature_layer) are
     # no candidates: not scored, not counted in alpha; the report lists them with the reason.
-    excluded = unused_sites(model, config.towers)
-    sites = candidate_sites(model, config.towers)
+    excluded = unused_sites(model, config.towers, strict)
+    sites = candidate_sites(model, config.towers, strict)
     if not sites:
         raise ValueError(f"no candidate site in towers {config.towers}: all are unused ({sorted(excluded)})")
-    if config.prune_mode != "activation":
-        problems = uneditable_sites(sites)
-        if problems:
-            name, problem = next(iter(problems.items()))
-            raise ValueError(f"prune_mode={config.prune_mode!r} zeroes weights, but this model's weights cannot be "
-                             f"edited in place (site {name}: {problem}; {len(problems)} sites in all). Use "
-                             "ManuConfig(prune_mode='activation'), which masks activations with a hook: it is the "
-                             "mode for 4-bit (load_in_4bit=True) and offloaded models")
+    config = dataclasses.replace(config, prune_mode=choose_prune_mode(model, config.prune_mode, sites))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -96,7 +140,7 @@ def manu_unlearn(model, processor, forget, retain, config: ManuConfig | None = N
         raise ValueError("emulate_released_defects=True records projection outputs with collect_stats; the "
                          "distributed collector does not support it — run the emulation in one process")
     if emulate:
-        sites, excluded = find_sites(model, config.towers), {}
+        sites, excluded = find_sites(model, config.towers, strict), {}
     recorded = output_sites(model, sites) if emulate else sites
     recording = {"recorder": record_outputs} if emulate else {}
     stats = {}

@@ -159,7 +159,12 @@ class NeuronMask:
     @classmethod
     def from_sites(cls, indices: Mapping[str, Tensor], sites: Sequence[NeuronSite], mode: str = "neuron",
                    channels: Mapping[str, Tensor] | None = None, **meta) -> "NeuronMask":
-        """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits)."""
+        """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits).
+
+        ``mode="auto"`` (:class:`~manu_lite.config.ManuConfig`'s default) becomes ``"activation"`` when a site's
+        weights cannot be edited in place (:func:`uneditable_sites`: quantized or offloaded), else ``"neuron"``."""
+        if mode == "auto":
+            mode = "activation" if uneditable_sites(sites) else "neuron"
         return cls(indices, mode, {"widths": {s.name: s.width for s in sites}, **meta}, channels)
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------

@@ -48,3 +48,90 @@ def test_manu_unlearn_refuses_output_rows(small_world, small_vanilla):
     with pytest.raises(ValueError, match="output_rows"):
         manu_unlearn(model, processor, small_world.forget_train, small_world.retain_train,
                      ManuConfig(prune_mode="output_rows"), progress=False)
+
+
+# ------------------------------------------------------------------ prune_mode="auto" and real 4-bit weights
+@pytest.fixture(scope="module")
+def small_vanilla_4bit(small_vanilla, tmp_path_factory):
+    """The small vanilla's language model reloaded in real bitsandbytes NF4 (its CPU kernels, >= 0.49).
+
+    The vision tower stays in float32: bitsandbytes' CPU layout needs in_features a multiple of its block size
+    (64), and the tiny tower is 32 wide. The rehearsal (tests/test_rehearsal.py) loads everything in 4-bit.
+    """
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
+
+    model, processor, adapter = small_vanilla
+    path = tmp_path_factory.mktemp("vanilla-4bit")
+    model.save_pretrained(path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector",
+                                                             "lm_head"])
+    quantized = LlavaForConditionalGeneration.from_pretrained(path, quantization_config=quantization,
+                                                              device_map="cpu")
+    return quantized.eval(), processor, adapter
+
+
+def test_auto_prune_mode_follows_the_weights(small_world, small_vanilla, small_vanilla_4bit):
+    import bitsandbytes as bnb
+    from manu_lite.manu import choose_prune_mode, weights_problem
+
+    plain, processor, adapter = small_vanilla
+    model, processor4, adapter4 = small_vanilla_4bit
+    assert isinstance(model.model.language_model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
+    assert weights_problem(plain) is None and choose_prune_mode(plain) == "neuron"
+    assert "quantized" in weights_problem(model) and choose_prune_mode(model) == "activation"
+    config = ManuConfig(formulation="balanced", alpha=10, towers=("language",), max_batches=1)
+    assert config.prune_mode == "auto"
+    records = small_world.forget_train[:2], small_world.retain_train[:2]
+    mask, report = manu_unlearn(model, processor4, *records, config, adapter=adapter4, progress=False)
+    assert mask.mode == report.config["prune_mode"] == mask.meta["config"]["prune_mode"] == "activation"
+    plain_mask, _ = manu_unlearn(plain, processor, *records, config, adapter=adapter, progress=False)
+    assert plain_mask.mode == "neuron"
+    batch = next(iter_batches(processor4, adapter4, training_items(small_world.forget_train[:1]), 4))
+    with torch.no_grad():
+        before = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        with mask.applied(model):
+            after = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert not torch.equal(before, after)  # the hook pruned the 4-bit model
+
+
+def test_a_forced_weight_mode_on_4bit_weights_says_why_and_what_to_do(small_world, small_vanilla_4bit):
+    model, processor, adapter = small_vanilla_4bit
+    with pytest.raises(ValueError, match=r"(?s)prune_mode='neuron'.*quantized.*bitsandbytes.*prune_mode='auto'"):
+        manu_unlearn(model, processor, small_world.forget_train, small_world.retain_train,
+                     ManuConfig(prune_mode="neuron"), adapter=adapter, progress=False)
+
+
+def test_offloaded_weights_choose_activation_mode(small_vanilla):
+    import copy
+
+    from manu_lite.manu import choose_prune_mode
+
+    model = copy.deepcopy(small_vanilla[0])
+    model.hf_device_map = {"model.vision_tower": 0, "model.language_model": "cpu"}
+    assert choose_prune_mode(model) == "activation"
+    model.hf_device_map = {"": "cpu"}  # whole on the CPU: plain tensors, editable
+    assert choose_prune_mode(model) == "neuron"
+    model.hf_device_map = {"model": "disk"}
+    with pytest.raises(ValueError, match="offloaded"):
+        choose_prune_mode(model, "neuron")
+
+
+def test_strict_false_goes_on_past_a_layer_without_mlp(small_world, small_vanilla):
+    import copy
+
+    from manu_lite.sites import SiteWarning, find_sites
+
+    model, processor, adapter = small_vanilla
+    model = copy.deepcopy(model)
+    parent, child = next(s for s in find_sites(model) if s.name == "vision.0.fc2").path.rsplit(".", 1)
+    setattr(model.get_submodule(parent), child, torch.nn.Identity())  # vision layer 0 has no MLP site now
+    records = small_world.forget_train[:2], small_world.retain_train[:2]
+    config = ManuConfig(formulation="balanced", alpha=10, max_batches=1)
+    with pytest.raises(ValueError, match="vision"):
+        manu_unlearn(model, processor, *records, config, adapter=adapter, progress=False)
+    with pytest.warns(SiteWarning):
+        mask, report = manu_unlearn(model, processor, *records, config, adapter=adapter, progress=False,
+                                    strict=False)
+    assert "vision.1.fc2" in mask.meta["widths"] and "vision.0.fc2" not in mask.meta["widths"]
