@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .artifacts import RunManifest
-from .config import FORMULATIONS, POSITIONS, PRUNE_MODES, SCOPES, TINY_MANU, ManuConfig
+from .config import FORMULATIONS, MANU_PRUNE_MODES, POSITIONS, SCOPES, TINY_MANU, ManuConfig
 
 DEFAULT_OUT = "runs/demo"
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--scope", default=defaults.scope, choices=SCOPES,
                          help="where the threshold is taken (default: the formulation's own; reference: per tower)")
     unlearn.add_argument("--towers", default=",".join(defaults.towers), help="comma-separated: language,vision")
-    unlearn.add_argument("--prune-mode", default=defaults.prune_mode, choices=PRUNE_MODES)
+    unlearn.add_argument("--prune-mode", default=defaults.prune_mode, choices=MANU_PRUNE_MODES)
     compare = commands.add_parser("compare", help="Vanilla, GA, GradDiff, KL, NPO and MANU on one world: tables, sweeps, "
                                   "attacks, cost, figures")
     _world_args(compare)
