@@ -51,15 +51,25 @@ TESTS = {
 }
 
 
-def scratch_copy(workdir: Path) -> Path:
-    """The package, tests, benchmarks and project files copied to ``workdir`` (no .git, no venv, no caches)."""
+def scratch_copy(workdir: Path, rev: str | None = "HEAD") -> Path:
+    """The package, tests, benchmarks and project files copied to ``workdir`` (no .git, no venv, no caches).
+
+    From the git revision ``rev`` (``git archive``; the default, ``HEAD``, is what CI tests), or from the working
+    tree when ``rev`` is None — which, where several people edit one tree, may catch a half-made change."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    names = ["manu_lite", "tests", "benchmarks", "pyproject.toml", "setup.cfg", "pytest.ini", "conftest.py"]
+    if rev is not None:
+        present = [n for n in names if subprocess.run(["git", "cat-file", "-e", f"{rev}:{n}"], cwd=ROOT,
+                                                      capture_output=True).returncode == 0]
+        archive = subprocess.run(["git", "archive", rev, *present], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
+        return workdir
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "mutants")
-    for name in ("manu_lite", "tests", "benchmarks"):
+    for name in names[:3]:
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
-    for name in ("pyproject.toml", "setup.cfg", "pytest.ini", "conftest.py"):
+    for name in names[3:]:
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, workdir / name)
     return workdir
@@ -94,7 +104,8 @@ def _meta(copy: Path, module: str) -> dict:
 
 
 def run_mutmut(module: str, tests: list[str], workdir: Path, max_children: int, sample: int | None = None,
-               seed: int = 0, timeout_constant: float = 5.0, only: list[str] | None = None) -> dict:
+               seed: int = 0, timeout_constant: float = 5.0, only: list[str] | None = None,
+               rev: str | None = "HEAD") -> dict:
     """mutmut 3 on ``manu_lite/<module>.py`` with ``tests`` in a scratch copy.
 
     With ``sample``, mutmut first generates every mutant (a run that matches no mutant name), then a seeded
@@ -105,7 +116,7 @@ def run_mutmut(module: str, tests: list[str], workdir: Path, max_children: int, 
     """
     import random
 
-    copy = scratch_copy(workdir)
+    copy = scratch_copy(workdir, rev)
     pyproject = copy / "pyproject.toml"
     text = pyproject.read_text() if pyproject.exists() else ""
     # mutmut re-runs only the tests that reach a mutant's function, so a test file that does not reach the module
@@ -215,8 +226,9 @@ def ast_mutants(source: str) -> list[tuple[int, str, str]]:
     return mutants
 
 
-def run_ast(module: str, tests: list[str], workdir: Path, limit: int | None, timeout: int) -> dict:
-    copy = scratch_copy(workdir)
+def run_ast(module: str, tests: list[str], workdir: Path, limit: int | None, timeout: int,
+            rev: str | None = "HEAD") -> dict:
+    copy = scratch_copy(workdir, rev)
     target = copy / "manu_lite" / f"{module}.py"
     original = target.read_text()
     mutants = ast_mutants(original)[:limit] if limit else ast_mutants(original)
@@ -281,6 +293,8 @@ def main(argv=None) -> list[dict]:
                         help="mutmut: seconds added to a mutant's test time before its 15x timeout multiplier")
     parser.add_argument("--rerun", type=Path, default=None,
                         help="mutmut: run only the survivors listed in this earlier --json report, per module")
+    parser.add_argument("--rev", default="HEAD",
+                        help="the git revision to test (default HEAD); 'worktree' copies the working tree as it is")
     parser.add_argument("--json", type=Path, default=None, help="write the reports (counts, survivors) here")
     parser.add_argument("--limit", type=int, default=None, help="AST tool: at most this many mutants per module")
     parser.add_argument("--timeout", type=int, default=600, help="AST tool: seconds per mutant's test run")
@@ -292,6 +306,7 @@ def main(argv=None) -> list[dict]:
             tool = "mutmut"
         except ImportError:
             tool = "ast"
+    rev = None if args.rev == "worktree" else args.rev
     reports = []
     for module in args.modules:
         tests = args.tests or [t for t in TESTS[module] if (ROOT / t).exists()]
@@ -308,12 +323,14 @@ def main(argv=None) -> list[dict]:
                     print(f"{module}: no survivors to rerun in {args.rerun}")
                     continue
             report = run_mutmut(module, tests, workdir, args.max_children, args.sample, args.seed,
-                                args.timeout_constant, only)
+                                args.timeout_constant, only, rev)
         else:
-            report = run_ast(module, tests, workdir, args.limit, args.timeout)
+            report = run_ast(module, tests, workdir, args.limit, args.timeout, rev)
         report["wall_s"] = round(time.perf_counter() - start)
         report["tests"] = tests
-        print(f"{summary(report)}; tests {' '.join(tests)}; {report['wall_s']} s")
+        report["rev"] = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.strip() if rev else "worktree"
+        print(f"{summary(report)}; tests {' '.join(tests)}; at {report['rev']}; {report['wall_s']} s")
         for line in report["survivors"]:
             print(f"  survived: {line}")
         reports.append(report)
