@@ -10,6 +10,7 @@ documented there and never guesses from process names.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -22,7 +23,7 @@ from .finetune import TrainConfig, cache_dir, retain_model, vanilla_model
 from .synthetic import make_synthetic_bench
 
 __all__ = ["book_workdir", "make_world_data", "tiny_world", "tiny_vanilla", "tiny_retain", "load_model", "load_retain_model", "profile_world",
-           "profile_model", "profile_eval", "profile_manu", "interactive"]
+           "people_cap", "cap_people", "profile_model", "profile_eval", "profile_manu", "interactive"]
 
 
 # --------------------------------------------------------------------------------------------------- worlds
@@ -62,13 +63,44 @@ def _generator_digest() -> str:
     return digest.hexdigest()[:10]
 
 
+def people_cap() -> int | None:
+    """``$MANU_LITE_PEOPLE``: at most this many people per set in :func:`profile_world` (unset: no cap).
+
+    For a quick look at a profile's code path, and for the CPU rehearsal of ``colab`` (:mod:`manu_lite.rehearsal`),
+    where the full sets would take hours: ``MANU_LITE_PEOPLE=2`` keeps every step and shrinks every loop."""
+    value = os.environ.get("MANU_LITE_PEOPLE", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"MANU_LITE_PEOPLE={value!r} is not a positive whole number of people; set e.g. "
+                         "MANU_LITE_PEOPLE=2, or unset it for the full sets")
+    return int(value)
+
+
+def cap_people(world: World, people: int | None, seed: int = 0) -> World:
+    """``world`` with at most ``people`` forget people (their Test_Set and training rows follow), retain people
+    (a seeded sample, evaluation and training rows alike) and celebrities; ``world`` itself when ``None``."""
+    if people is None:
+        return world
+    world = world.with_retain_sample(people, seed)
+    forget = world.forget[:people]
+    kept, retained = {r.id for r in forget}, {r.id for r in world.retain}
+    return dataclasses.replace(
+        world, forget=forget, test=[r for r in world.test if r.id in kept],
+        forget_train=[r for r in world.forget_train if r.id in kept],
+        retain_train=[r for r in world.retain_train if r.id in retained], celebrity=world.celebrity[:people])
+
+
 def profile_world(profile: Profile | str | None, forget: str | None = None, max_retain: int | None = None) -> World:
-    """The world of a profile: the synthetic bench (``tiny``) or MLLMU-Bench from the hub (``colab``/``full``)."""
+    """The world of a profile: the synthetic bench (``tiny``) or MLLMU-Bench from the hub (``colab``/``full``),
+    capped at :func:`people_cap` people per set when ``$MANU_LITE_PEOPLE`` is set."""
     profile = resolve_profile(profile)
     forget = forget or profile.forget_split
     if profile.data == "synthetic":
-        return tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget).with_retain_sample(max_retain)
-    return load_world(profile.data, forget, max_retain=max_retain)
+        world = tiny_world(book_workdir() / f"tiny-{_generator_digest()}", forget).with_retain_sample(max_retain)
+    else:
+        world = load_world(profile.data, forget, max_retain=max_retain)
+    return cap_people(world, people_cap())
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -147,8 +179,6 @@ def profile_model(profile: Profile | str | None, world: World | None = None, pro
 
 def profile_eval(profile: Profile | str | None, **overrides) -> EvalConfig:
     """The evaluation settings of a profile (:attr:`Profile.evaluation`), with ``overrides``."""
-    import dataclasses
-
     return dataclasses.replace(resolve_profile(profile).evaluation, **overrides)
 
 
