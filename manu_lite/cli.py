@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "trains its own (cached) when this is not given")
     compare.add_argument("--no-retain", action="store_true",
                          help="skip the retain model row, the distance to it and the unlearning metrics")
+    compare.add_argument("--mmmu", default=None, help="MMMU source for general utility: the hub name MMMU/MMMU or "
+                         "a local directory in its hub layout (default: MMMU/MMMU for hub models, none for 'tiny', "
+                         "whose utility measure is the celebrity set)")
+    compare.add_argument("--no-mmmu", action="store_true", help="skip MMMU")
+    compare.add_argument("--mmmu-subjects", default=None, help="comma-separated MMMU subjects (default: all 30)")
+    compare.add_argument("--mmmu-limit", type=int, default=None, help="at most this many MMMU questions per subject "
+                         "(a seeded sample; for Colab budgets)")
     return parser
 
 

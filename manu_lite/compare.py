@@ -1,9 +1,12 @@
 """``manu-lite compare``: Vanilla, GA, GradDiff, KL, NPO and MANU (paper, reference, balanced) on one world and split.
 
-Every method starts from a copy of the same vanilla model, is evaluated with the same :class:`EvalConfig`, and
-is measured the same way (wall time and peak memory of the unlearning step). On top of the paper's protocol
-come sweeps (MANU over alpha, per formulation and token positions; baselines over steps), and two checks the
-paper lists as limitations: a relearning attack and a loss-based membership-inference test.
+Every method starts from the same vanilla weights, is evaluated with the same :class:`EvalConfig`, and is
+measured the same way (wall time and peak memory of the unlearning step). Small models are deep-copied per
+method; with LoRA baselines (``unlearn.lora``: quantized or large models) nothing is copied: each baseline
+trains fresh adapters that are removed afterwards, MANU's mask is applied and restored (:func:`unlearned`).
+With ``mmmu_source`` every model is also scored on MMMU, the paper's general-utility measure. On top of the
+paper's protocol come sweeps (MANU over alpha, per formulation and token positions; baselines over steps), and two
+checks the paper lists as limitations: a relearning attack (not on the LoRA path) and membership inference.
 
 Outputs under ``out`` (all JSON written atomically):
 
@@ -16,10 +19,12 @@ Outputs under ``out`` (all JSON written atomically):
                        over every sweep point.
 ``sweeps.json``        every sweep point: its settings and its records (forget and a retain subsample).
 ``attacks.json``       relearning and membership-inference details per method.
+``mmmu.json``          with ``mmmu_source``: MMMU records (``set="mmmu"``, per subject and overall) per method.
 ``figures/*.png|json`` results bars, trade-off curves, modality balance, pruned-neuron heatmap, robustness.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,14 +34,16 @@ from tqdm.auto import tqdm
 from .artifacts import write_json
 from .attacks import membership_auc, recovery, relearn_attack
 from .baselines import METHODS as BASELINES
-from .baselines import UnlearnConfig, unlearn_with
+from .baselines import UnlearnConfig, lora_adapters, unlearn_with
 from .bench import World
 from .config import RENDERINGS, TINY_EVAL, EvalConfig, ManuConfig
 from .cost import measure
 from .evaluate import Results, evaluate
 from .finetune import TrainConfig, training_items
+from .mmmu import MMMUConfig, evaluate_mmmu, load_mmmu
 from .models import PromptAdapter
 from .report import paper_table, summary_table, write_table
+from .steps import free_memory
 from .scores import balance, best_at_retain_budget, distance_to_retain, drops, question_records
 
 RETAIN = "Retain"  # the row of the retain model (trained without the forget people): the target
@@ -61,6 +68,9 @@ class CompareConfig:
                       uses as many retain pairs); ``relearn``: its fine-tune.
     mia_people:       never-seen people generated for membership inference (synthetic worlds only).
     unlearning_metrics: with a retain model, the field's metrics per rendering (:mod:`manu_lite.metrics`).
+    mmmu_source:      MMMU's hub name (``"MMMU/MMMU"``) or a local directory in its hub layout: every model is
+                      also scored on MMMU with ``mmmu`` (a subject subset and a per-subject limit fit small
+                      budgets); ``None`` skips it (the tiny world: its celebrity set measures utility instead).
     """
 
     methods: tuple[str, ...] = tuple(LABELS)
@@ -79,6 +89,8 @@ class CompareConfig:
     relearn: TrainConfig = TrainConfig(epochs=2, lr=1e-3, batch_size=8, warmup_steps=0)
     mia_people: int = 20
     unlearning_metrics: bool = True
+    mmmu_source: str | None = None
+    mmmu: MMMUConfig = MMMUConfig()
     seed: int = 0
 
     def __post_init__(self):
@@ -90,12 +102,6 @@ class CompareConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -117,7 +123,35 @@ def unlearn(method: str, model, processor, adapter: PromptAdapter, world: World,
     mask, report = manu_unlearn(model, processor, world.forget_train, world.retain_train, manu_config(config, method),
                                 adapter=adapter, batch_size=config.manu_batch_size, progress=progress)
     mask.apply(model)
-    return {"steps": 0, "mask": mask.summary(), "timings": report.timings, "stats_bytes": report.stats_bytes}
+    return {"steps": 0, "mask": mask.summary(), "timings": report.timings, "stats_bytes": report.stats_bytes,
+            "_mask": mask}
+
+
+@contextlib.contextmanager
+def unlearned(method: str, vanilla, processor, adapter: PromptAdapter, world: World, config: CompareConfig,
+              progress: bool = True):
+    """Yields ``(model, report, cost)``: ``vanilla`` after ``method`` (:func:`_fresh`), its report and the cost
+    of the unlearning (:func:`manu_lite.cost.measure`). On the LoRA path MANU's mask is restored on exit."""
+    with _fresh(method, vanilla, config) as model:
+        with measure() as cost:
+            report = unlearn(method, model, processor, adapter, world, config, progress)
+        mask = report.pop("_mask", None)
+        try:
+            yield model, report, cost
+        finally:
+            if mask is not None and model is vanilla:
+                mask.restore()
+
+
+def _fresh(method: str, vanilla, config: CompareConfig):
+    """The model a method starts from. Full fine-tuning (small models): a deep copy of ``vanilla``. LoRA
+    (``config.unlearn.lora``: quantized or large models): ``vanilla`` itself, for a baseline wrapped in fresh
+    adapters that are removed on exit (:func:`manu_lite.baselines.lora_adapters`); no copy is made."""
+    if not config.unlearn.lora:
+        return contextlib.nullcontext(copy.deepcopy(vanilla))
+    if method in BASELINES:
+        return lora_adapters(vanilla, config.unlearn.lora_r, config.unlearn.seed)
+    return contextlib.nullcontext(vanilla)
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -156,7 +190,7 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
 
     manu_families = [m for m in config.methods if m in MANU_METHODS]
     if manu_families:
-        model = copy.deepcopy(vanilla)
+        model = vanilla  # statistics read it and every mask is restored: no copy needed
         sites = find_sites(model, config.manu.towers)
         for positions in config.positions:
             _, report = manu_unlearn(model, processor, world.forget_train, world.retain_train,
@@ -172,15 +206,15 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
                           {"mask": mask.summary()})
     steps = sorted(set(config.step_grid))
     for method in [m for m in config.methods if m in BASELINES]:
-        model = copy.deepcopy(vanilla)
-
         def at_step(step, network, method=method):
             if step in steps:
                 point(f"{LABELS[method]} {step} steps", network, LABELS[method], "steps", step,
                       {**config.unlearn.to_dict(), "steps": step})
 
-        unlearn_with(method, model, processor, adapter, world, replace(config.unlearn, steps=steps[-1]),
-                     progress=progress, on_step=at_step)
+        with _fresh(method, vanilla, config) as model:
+            unlearn_with(method, model, processor, adapter, world, replace(config.unlearn, steps=steps[-1]),
+                         progress=progress, on_step=at_step)
+        free_memory()
     all_drops = drops(records)
     for p in points:
         p["drops"] = all_drops[p["label"]]
@@ -188,10 +222,10 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-
-
-
-
+def with_mmmu(table, mmmu):
+    """``table`` (rows = methods) plus ``MMMU %``, each method's overall accuracy in ``mmmu`` (set="mmmu")."""
+    overall = {r["method"]: round(100 * r["value"], 1) for r in mmmu if r["task"] == "overall"}
+    return table.assign(**{"MMMU %": [overall.get(m) for m in table.index]}) if overall else table
 
 
 # ------------------------------------------------------------------------------------------------ workflow
@@ -207,6 +241,7 @@ class Comparison:
     attacks: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
     questions: list = field(default_factory=list)  # per-question scores (scores.question_records)
+    mmmu: Results = field(default_factory=Results)  # records with set="mmmu" (empty without mmmu_source)
 
 
 def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, config: CompareConfig | None = None,
@@ -240,7 +275,18 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
                                                                              config.evaluation))
             timings[label] = perf_counter() - start
 
+    mmmu_results, mmmu_data = Results(), None
+    if config.mmmu_source:
+        mmmu_data = load_mmmu(config.mmmu_source, config.mmmu.subjects, config.mmmu.split, config.mmmu.limit,
+                              config.mmmu.seed)
+
+    def utility(label, model):
+        if mmmu_data is not None:
+            mmmu_results.extend(evaluate_mmmu(model, processor, adapter, mmmu_data, config.mmmu, method=label,
+                                              progress=progress))
+
     if retain is not None:
+        utility(RETAIN, retain[0])
         details = {}
         results.extend(evaluate(retain[0], processor, adapter, world, config.evaluation, method=RETAIN,
                                 progress=progress, details=details))
@@ -250,38 +296,40 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
             attacks[RETAIN] = {"mia": membership_auc(retain[0], processor, adapter, members, non_members)}
     for method in config.methods:
         label = LABELS[method]
-        model = copy.deepcopy(vanilla)
-        with measure() as cost:
-            reports[label] = unlearn(method, model, processor, adapter, world, config, progress)
-        costs[label] = cost
-        details = {}
-        results.extend(evaluate(model, processor, adapter, world, config.evaluation, method=label, progress=progress,
-                                details=details))
-        questions.extend(question_records(details, label))
-        field_metrics(label, model)
-        if config.attacks:
-            attacks[label] = {}
-            if method != "vanilla":
-                attacks[label]["relearn"] = relearn_attack(
-                    model, processor, adapter, world, label, fraction=config.relearn_fraction,
-                    relearn=config.relearn, evaluation=config.evaluation, seed=config.seed, progress=progress)
-            if non_members:
-                attacks[label]["mia"] = membership_auc(model, processor, adapter, members, non_members)
-        del model
+        with unlearned(method, vanilla, processor, adapter, world, config, progress) as (model, done, cost):
+            reports[label], costs[label], details = done, cost, {}
+            results.extend(evaluate(model, processor, adapter, world, config.evaluation, method=label,
+                                    progress=progress, details=details))
+            questions.extend(question_records(details, label))
+            utility(label, model)
+            field_metrics(label, model)
+            if config.attacks:
+                attacks[label] = {}
+                # The relearning attack fine-tunes copies of the model: not on the LoRA (large-model) path.
+                if method != "vanilla" and not config.unlearn.lora:
+                    attacks[label]["relearn"] = relearn_attack(
+                        model, processor, adapter, world, label, fraction=config.relearn_fraction,
+                        relearn=config.relearn, evaluation=config.evaluation, seed=config.seed, progress=progress)
+                if non_members:
+                    attacks[label]["mia"] = membership_auc(model, processor, adapter, members, non_members)
+            del model
+        free_memory()
     results.save(out / "results.json")
+    if config.mmmu_source:
+        mmmu_results.save(out / "mmmu.json")
     write_json(out / "questions.json", questions)
     write_json(out / "cost.json", {m: {**c, "report": reports[m]} for m, c in costs.items()})
     sweep_records, points = Results(), []
     if config.sweeps:
         sweep_records, points = run_sweeps(vanilla, processor, adapter, world, config, progress)
         write_json(out / "sweeps.json", {"points": points, "records": list(sweep_records)})
-    summary = summarize(results, costs, attacks, points, unlearning)
+    summary = summarize(results, costs, attacks, points, unlearning, mmmu_results)
     if unlearning:
         write_json(out / "unlearning_metrics.json", {"metrics": unlearning, "seconds": timings})
     write_json(out / "attacks.json", {m: {"relearn": {s: list(r) for s, r in a.get("relearn", {}).items()},
                                           "mia": a.get("mia")} for m, a in attacks.items()})
     write_json(out / "summary.json", summary)
-    write_table(paper_table(results, costs), out / "table")
+    write_table(with_mmmu(paper_table(results, costs), mmmu_results), out / "table")
     write_table(summary_table(summary), out / "summary")
     figures = out / "figures"
     paths = [viz.plot_results(results, figures / "results.png"),
@@ -296,13 +344,15 @@ def compare(vanilla, processor, adapter: PromptAdapter, world: World, out, confi
         paths.append(report.plot_pruned_heatmap(masks, figures / "pruned_neurons.png"))
     if config.attacks:
         paths.append(report.plot_robustness(summary, figures / "robustness.png"))
-    return Comparison(results, costs, summary, sweep_records, points, attacks, paths, questions)
+    return Comparison(results, costs, summary, sweep_records, points, attacks, paths, questions, mmmu_results)
 
 
-def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearning: dict | None = None) -> dict:
+def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearning: dict | None = None,
+              mmmu=()) -> dict:
     """Per-method drops, balance, cost, relearning recovery and MIA; best methods at <= 5 points retain drop;
     with a retain model (``unlearning``: :func:`manu_lite.metrics.model_metrics` per method), the distance to it,
-    forget quality and privleak."""
+    forget quality and privleak; with ``mmmu`` records, each method's MMMU accuracy and its drop from vanilla."""
+    overall = {r["method"]: r for r in mmmu if r["task"] == "overall"}
     all_drops = drops(results)
     methods = {}
     unlearning = unlearning or {}
@@ -322,6 +372,9 @@ def summarize(results, costs: dict, attacks: dict, points: list[dict], unlearnin
             row["mia"] = attack["mia"]
         if has_retain:
             row["distance_to_retain"] = distance_to_retain(results, label)
+        if label in overall:  # MMMU accuracy, and its drop from vanilla in points
+            row["mmmu"] = {"accuracy": overall[label]["value"], "n": overall[label]["n"], "drop": 100 * (
+                overall["Vanilla"]["value"] - overall[label]["value"]) if "Vanilla" in overall else None}
         if label in unlearning and RETAIN in unlearning:
             from .metrics import against_retain
 

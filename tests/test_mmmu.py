@@ -3,11 +3,16 @@ transcribed prompt and parsing rules on hand-written responses, the evaluator on
 schema errors."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
+import json
+import os
 import random
 
 import datasets
 import pytest
+import torch
 from PIL import Image
 
 from manu_lite import mmmu
@@ -317,3 +322,43 @@ def test_llava_bench_judge_free_and_pluggable(random_tiny, tmp_path, cache):
     overall = paired.value("vanilla", "llava_bench", "all", "image_text")
     expected = sum(4.0 + len(q) % 2 for q in table["question"]) / 3 / 8.0
     assert overall == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------------------ in the comparison
+def test_compare_reports_mmmu_per_method_on_the_lora_path(small_world, small_vanilla, fixture_dir, tmp_path,
+                                                          monkeypatch):
+    """compare with ``mmmu_source`` (the GPU profiles' path): MMMU records for vanilla and after each method, in
+    mmmu.json, a column of the paper table and the summary; LoRA baselines and MANU run on the one model (no
+    deep copy of it), which is the vanilla model again afterwards."""
+    __import__("peft") if os.environ.get("CI") == "true" else pytest.importorskip("peft")  # CI: never skipped
+    from manu_lite import compare as compare_module
+    from manu_lite.baselines import UnlearnConfig
+    from manu_lite.compare import CompareConfig, compare
+    from manu_lite.config import TINY_EVAL, TINY_MANU
+
+    model = copy.deepcopy(small_vanilla[0])
+    processor, adapter = small_vanilla[1:]
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    real_deepcopy = copy.deepcopy
+    monkeypatch.setattr(compare_module.copy, "deepcopy", lambda obj, *a, **k: (
+        pytest.fail(f"compare deep-copied a {type(obj).__name__}") if isinstance(obj, torch.nn.Module)
+        else real_deepcopy(obj, *a, **k)))
+    config = CompareConfig(methods=("vanilla", "manu-balanced", "ga"), manu=TINY_MANU, sweeps=False, attacks=False,
+                           unlearning_metrics=False,
+                           evaluation=dataclasses.replace(TINY_EVAL, sets=("forget", "retain"), tasks=("mc",)),
+                           unlearn=UnlearnConfig(steps=2, batch_size=4, lora=True, lora_r=4),
+                           mmmu_source=str(fixture_dir), mmmu=MMMUConfig(max_new_tokens=4, subjects=("Math",)))
+    result = compare(model, processor, adapter, small_world, tmp_path, config, progress=False)
+    stored = json.loads((tmp_path / "mmmu.json").read_text())
+    assert stored == list(result.mmmu)
+    assert {(r["method"], r["task"]) for r in stored} == {(m, t) for m in ("Vanilla", "MANU-balanced", "GA")
+                                                         for t in ("Math", "overall")}
+    assert all(r["set"] == "mmmu" and r["n"] == 3 and 0 <= r["value"] <= 1 for r in stored)
+    table = (tmp_path / "table.md").read_text()
+    assert "MMMU %" in table
+    for label in ("Vanilla", "MANU-balanced", "GA"):
+        row = result.summary["methods"][label]["mmmu"]
+        assert row["n"] == 3 and row["accuracy"] == result.mmmu.value(label, "mmmu", "overall", "image_text")
+    assert result.summary["methods"]["Vanilla"]["mmmu"]["drop"] == 0
+    assert {n: p for n, p in model.named_parameters()}.keys() == weights.keys()
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())  # the vanilla model again
