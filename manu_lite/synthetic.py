@@ -133,8 +133,9 @@ COARSE_LOOKS = ("background", "pattern", "skin", "hair", "hair_style", "accessor
 MIN_LOOK_DISTANCE = 3
 
 
-def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: list[dict]) -> list[Person]:
-    """People with random facts and looks; any two portraits differ in at least ``MIN_LOOK_DISTANCE`` coarse
+def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: list[dict],
+                 min_distance: int = MIN_LOOK_DISTANCE) -> list[Person]:
+    """People with random facts and looks; any two portraits differ in at least ``min_distance`` coarse
     attributes, so that every face stays identifiable at low resolution."""
     people = []
     for i, name in enumerate(names):
@@ -143,11 +144,11 @@ def _draw_people(rng: random.Random, names: list[str], id_prefix: str, drawn: li
                      "face": rng.choice(FACE_SHAPES), "skin": rng.choice(PALETTE["skin"]),
                      "hair": rng.choice(PALETTE["hair"]), "hair_style": rng.choice(HAIR_STYLES),
                      "eyes": rng.choice(PALETTE["eyes"]), "accessory": rng.choice(ACCESSORIES)}
-            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= MIN_LOOK_DISTANCE for other in drawn):
+            if all(sum(looks[k] != other[k] for k in COARSE_LOOKS) >= min_distance for other in drawn):
                 break
         else:
-            raise ValueError(f"cannot draw {len(names)} portraits that differ in {MIN_LOOK_DISTANCE} coarse attributes; "
-                             "use fewer profiles")
+            raise ValueError(f"cannot draw {len(names)} portraits that differ in {min_distance} coarse attributes; "
+                             "use fewer profiles or pass a smaller min_look_distance")
         drawn.append(looks)
         facts = {"name": name, **{fact: rng.choice(pool) for fact, pool in FACT_POOLS.items()}}
         people.append(Person(f"{id_prefix}{i + 1:03d}", name, facts, looks))
@@ -193,20 +194,43 @@ def _biography(person: Person) -> str:
             f"{f['occupation']} and enjoys {f['hobby']}.")
 
 
-def _png(image: Image.Image) -> dict:
+def _encoded(image: Image.Image, image_format: str = "PNG", grain: float = 0.0, seed: int = 0) -> dict:
+    """The ``Image`` feature's struct for ``image``; ``grain`` adds seeded pixel noise of that standard deviation,
+    so a JPEG weighs what a photograph of the same size does."""
+    if grain:
+        import numpy as np
+
+        noise = np.random.default_rng(seed).normal(0.0, grain, (image.size[1], image.size[0], 3))
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=image_format, **({"quality": 92} if image_format == "JPEG" else {}))
     return {"bytes": buffer.getvalue(), "path": None}
+
+
+def celebrity_names(n: int) -> list[str]:
+    """``CELEBRITY_NAMES``, then first/last name recombinations of them (in a fixed order), ``n`` in all."""
+    if n <= len(CELEBRITY_NAMES):
+        return list(CELEBRITY_NAMES)
+    first, last = [c.split()[0] for c in CELEBRITY_NAMES], [c.split()[-1] for c in CELEBRITY_NAMES]
+    extra = [f"{a} {b}" for b in last for a in first if f"{a} {b}" not in CELEBRITY_NAMES]
+    names = list(dict.fromkeys(list(CELEBRITY_NAMES) + extra))
+    if n > len(names):
+        raise ValueError(f"at most {len(names)} celebrities can be named; use n_celebrities <= {len(names)}")
+    return names
 
 
 
 def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebrities: int = 20, seed: int = 0,
-                         image_size: int = 64) -> Path:
+                         image_size: int = 64, *, image_format: str = "PNG", grain: float = 0.0,
+                         min_look_distance: int = MIN_LOOK_DISTANCE) -> Path:
     """Write a synthetic MLLMU-Bench (every config, the hub's layout and schema) and return its directory.
 
     ``Full_Set``/``ft_Data`` hold ``n_profiles`` fictitious people; ``forget_{5,10,15}`` are nested seeded
     subsets with complementary ``retain_{95,90,85}``; ``Test_Set`` repeats the people with three transformed
     portraits each; ``Retain_Set`` holds ``n_celebrities`` "celebrities" (trained on, never forgotten).
+    ``image_size`` px square portraits, stored as ``image_format`` (PNG or JPEG) with ``grain`` (pixel noise std)
+    to give them a photograph's weight; MLLMU-Bench's 500 profiles and 153 celebrities need
+    ``min_look_distance=1`` (distinct looks, not three attributes apart).
     """
     if n_profiles < 20:
         raise ValueError(f"n_profiles={n_profiles} is too small: forget_5 needs at least one person (use >= 20)")
@@ -215,11 +239,16 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
                          "name questions need three other celebrities as distractors (use >= 4)")
     rng = random.Random(seed)
     all_names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
-    if n_profiles > len(all_names) or n_celebrities > len(CELEBRITY_NAMES):
-        raise ValueError(f"at most {len(all_names)} profiles and {len(CELEBRITY_NAMES)} celebrities can be named")
+    famous = celebrity_names(n_celebrities)
+    if n_profiles > len(all_names):
+        raise ValueError(f"at most {len(all_names)} profiles can be named; use n_profiles <= {len(all_names)}")
     drawn: list[dict] = []
-    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", drawn)
-    celebrities = _draw_people(rng, rng.sample(CELEBRITY_NAMES, n_celebrities), "C", drawn)
+    people = _draw_people(rng, rng.sample(all_names, n_profiles), "", drawn, min_look_distance)
+    celebrities = _draw_people(rng, rng.sample(famous, n_celebrities), "C", drawn, min_look_distance)
+    encoded = iter(range(1 << 30))  # one grain seed per image
+
+    def encode(image):
+        return _encoded(image, image_format, grain, seed * 1_000_003 + next(encoded))
     # Name distractors are other people of the same set: names never seen in training would be rarer strings,
     # which a likelihood scorer could reject without knowing anyone.
     pools = {"name": tuple(p.name for p in people), **FACT_POOLS}
@@ -227,7 +256,7 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
 
     def eval_row(person, person_pools):
         portrait = draw_portrait(person.looks, image_size)
-        return portrait, {"image": _png(portrait), "ID": person.id, "biography": _biography(person),
+        return portrait, {"image": encode(portrait), "ID": person.id, "biography": _biography(person),
                           "question": FACT_TEMPLATES["name"][0], "answer": FACT_TEMPLATES["name"][1].format(person.name),
                           **_questions(person, person_pools, rng)}
 
@@ -235,7 +264,7 @@ def make_synthetic_bench(out_dir: str | Path, n_profiles: int = 100, n_celebriti
     for person in people:
         portrait, row = eval_row(person, pools)
         full.append(row)
-        test.append({**row, "images": [_png(transform_portrait(portrait, rng)) for _ in range(3)]})
+        test.append({**row, "images": [encode(transform_portrait(portrait, rng)) for _ in range(3)]})
         train.append({"image": row["image"], "ID": person.id, "metadata": json.dumps(_training_pairs(person))})
     celebrity_rows = [eval_row(person, celebrity_pools)[1] for person in celebrities]
 
