@@ -1,5 +1,6 @@
 """manu_unlearn end to end on the small synthetic world's vanilla model."""
 import json
+import os
 
 import pytest
 import torch
@@ -58,7 +59,8 @@ def small_vanilla_4bit(small_vanilla, tmp_path_factory):
     The vision tower stays in float32: bitsandbytes' CPU layout needs in_features a multiple of its block size
     (64), and the tiny tower is 32 wide. The rehearsal (tests/test_rehearsal.py) loads everything in 4-bit.
     """
-    pytest.importorskip("bitsandbytes")
+    if not os.environ.get("CI"):  # under CI a missing bitsandbytes (in the test extra) fails instead
+        pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
     model, processor, adapter = small_vanilla
