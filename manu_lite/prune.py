@@ -213,7 +213,8 @@ class NeuronMask:
                                  f"{', '.join(sites) or 'none'}. Was the mask made for another model?")
             if name in widths and int(widths[name]) != site.width:
                 raise ValueError(f"mask site {name!r} was made for {widths[name]} neurons but the model's has "
-                                 f"{site.width}: the mask belongs to a model of another size; compute the mask on this model")
+                                 f"{site.width}: the mask belongs to a model of another size; compute the mask on "
+                                 "this model (collect_stats, then select_neurons on its sites)")
             bound = site.out_module.out_features if self.mode == "output_rows" else site.width
             if len(idx) and int(idx[-1]) >= bound:
                 raise ValueError(f"mask index {int(idx[-1])} at site {name!r} is out of range: it has {bound} "

@@ -391,4 +391,5 @@ def _check_finite(table: StatsTable, batch_index: int) -> None:
         return
     bad = [name for name, t in zip(table, sums) if not torch.isfinite(t)]
     raise ValueError(f"non-finite (NaN/Inf) neuron activations at site(s) {bad} in batch {batch_index}; "
-                     "check the model weights and dtype (fp16 overflow?) and the inputs of that batch")
+                     "check the model weights, its dtype (fp16 overflows: load with dtype=torch.bfloat16) and the "
+                     "inputs of that batch")
