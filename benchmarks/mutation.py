@@ -6,6 +6,7 @@
     python benchmarks/mutation.py --tool ast               # the built-in fallback runner
     python benchmarks/mutation.py --modules prune --sample 120 --seed 19 --json out.json   # a seeded sample
     python benchmarks/mutation.py --modules prune --rerun out.json   # only out.json's survivors, with today's tests
+    python benchmarks/mutation.py --named-bugs             # issue 19's 13 bugs, each injected, its test run
 
 Each run works in a scratch copy of the repository (``--workdir``, default a temporary directory), never in the
 working tree. With ``--tool mutmut`` (the default when mutmut >= 3 is installed: ``pip install mutmut``) the copy
@@ -250,6 +251,89 @@ def run_ast(module: str, tests: list[str], workdir: Path, limit: int | None, tim
             "counts": {"killed": killed, "survived": len(survivors)}}
 
 
+# ------------------------------------------------------------------------------------------ the named bugs
+# Issue 19's thirteen one-line bugs that once passed the whole suite: (file, original text, the bug, the test that
+# must fail on it). ``--named-bugs`` injects each in a scratch copy and runs its test alone.
+_MS, _ME, _MB = "tests/test_meaning_selection.py::", "tests/test_meaning_eval.py::", "tests/test_meaning_baselines.py::"
+NAMED_BUGS = [
+    ("eps outside the denominator in paper_score", "manu_lite/importance.py",
+     "return i_f / (paper_importance(retain_multi, retain_text, eps, weights, reduction) + eps)",
+     "return i_f / paper_importance(retain_multi, retain_text, eps, weights, reduction) + eps",
+     _MS + "test_paper_score_eps_sits_in_the_denominator_with_zero_retain_importance"),
+    ("count_above counting |a| >= tau", "manu_lite/stats.py",
+     "a.sub_(self.tau).sign_().clamp_(min=0).sum(0, dtype=f64)", "(a >= self.tau).sum(0, dtype=f64)",
+     _MS + "test_count_above_is_strictly_greater_than_tau"),
+    ("union selection ignoring config's scope", "manu_lite/importance.py",
+     "return select_union(list(score_per_rendering(stats, config).values()), config.alpha,\n"
+     "                            config.selection_scope)",
+     "return select_union(list(score_per_rendering(stats, config).values()), config.alpha)",
+     _MS + "test_select_balanced_honours_config_scope"),
+    ("paper and reference formulations swapped", "manu_lite/importance.py",
+     'if config.formulation == "paper":\n        return {name: paper_score(',
+     'if config.formulation == "reference":\n        return {name: paper_score(',
+     _MS + "test_scores_equal_the_named_function_per_formulation"),
+    ("manu_unlearn ignoring config.positions", "manu_lite/manu.py", "positions=config.positions, ", "",
+     _MS + "test_report_token_counts_are_the_recall_and_all_counts_by_hand"),
+    ("recall mask without the attention mask", "manu_lite/hooks.py", "return recall & mask", "return recall",
+     _ME + "test_token_mask_matches_the_hand_listed_rows"),
+    ("generate keeping the last prompt token", "manu_lite/evaluate.py",
+     'generated[:, batch["input_ids"].shape[1]:]', 'generated[:, batch["input_ids"].shape[1] - 1:]',
+     _ME + "test_generate_returns_only_the_new_tokens"),
+    ("Test_Set scored on the original image", "manu_lite/evaluate.py",
+     "return record.images[image_index[record.id]] if record.id in image_index else record.image",
+     "return record.image", _ME + "test_test_set_is_scored_on_one_of_the_transformed_images"),
+    ("Correct_Answer checked against A-D", "manu_lite/bench.py", "if answer not in options:",
+     'if answer not in "ABCD":', _ME + "test_correct_answer_naming_a_null_option_is_refused"),
+    ("NPO on the batch-mean log-ratio", "manu_lite/baselines.py",
+     "x = answer_nll(model, forget, per_sequence=True) - reference_nll",
+     "x = (answer_nll(model, forget, per_sequence=True) - reference_nll).mean()",
+     _MB + "test_npo_gradient_is_per_sequence_weighted_ascent"),
+    ("KL direction reversed", "manu_lite/baselines.py", "per_token = (ref.exp() * (ref - cur)).sum(-1)",
+     "per_token = (cur.exp() * (cur - ref)).sum(-1)", _MB + "test_answer_kl_is_kl_of_reference_to_model_by_hand"),
+    ("the frozen reference being the live model", "manu_lite/baselines.py",
+     "self.copy = None if lora else copy.deepcopy(model).eval().requires_grad_(False)",
+     "self.copy = None if lora else model", _MB + "test_frozen_reference_stays_the_vanilla_model_after_a_step"),
+    ("GradDiff/KL retain batches drawn from the forget people", "manu_lite/baselines.py",
+     "retain_items = training_items(world.retain_train, renderings)",
+     "retain_items = training_items(world.forget_train, renderings)",
+     _MB + "test_retain_batches_hold_only_retain_people"),
+]
+
+
+def run_named_bugs(workdir: Path, rev: str | None = "HEAD") -> list[dict]:
+    """Each of :data:`NAMED_BUGS` injected alone in a scratch copy of ``rev``; its test must pass on the clean copy
+    and fail on the bug. One row per bug: the bug, its test, whether the tests passed clean (one run of all
+    thirteen) and whether this one failed on the bug."""
+    copy = scratch_copy(workdir, rev)
+    conftest = copy / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + SHARED_CACHE_FIXTURE)
+    env = dict(_env(copy), MUTATION_MODEL_CACHE=str(workdir.parent / ".mutation-model-cache-named-bugs"))
+
+    def passes(*tests: str) -> bool:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True).returncode == 0
+
+    clean = passes(*sorted({bug[4] for bug in NAMED_BUGS}))  # the thirteen tests pass on the clean copy
+    rows = []
+    for n, (bug, path, original, injected, test) in enumerate(NAMED_BUGS, 1):
+        target = copy / path
+        text = target.read_text()
+        if text.count(original) != 1:
+            rows.append({"bug": bug, "test": test, "error": f"the original text is not once in {path}"})
+            print(f"{n:2d}. {bug}: cannot inject (the code changed: {original!r} not found once in {path})")
+            continue
+        target.write_text(text.replace(original, injected))
+        try:
+            killed = not passes(test)
+        finally:
+            target.write_text(text)
+        rows.append({"bug": bug, "test": test, "passes_clean": clean, "killed": killed})
+        print(f"{n:2d}. {bug}: {test.split('::')[1]} "
+              f"{'passes clean, fails on the bug: KILLED' if clean and killed else 'NOT KILLED' if clean else 'FAILS CLEAN'}",
+              flush=True)
+    return rows
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval (95 % by default) of a proportion ``k / n``: the interval of a sampled score."""
     if n == 0:
@@ -295,6 +379,8 @@ def main(argv=None) -> list[dict]:
                         help="mutmut: run only the survivors listed in this earlier --json report, per module")
     parser.add_argument("--rev", default="HEAD",
                         help="the git revision to test (default HEAD); 'worktree' copies the working tree as it is")
+    parser.add_argument("--named-bugs", action="store_true",
+                        help="inject each of issue 19's thirteen named bugs and run its test (instead of mutmut)")
     parser.add_argument("--json", type=Path, default=None, help="write the reports (counts, survivors) here")
     parser.add_argument("--limit", type=int, default=None, help="AST tool: at most this many mutants per module")
     parser.add_argument("--timeout", type=int, default=600, help="AST tool: seconds per mutant's test run")
@@ -307,6 +393,14 @@ def main(argv=None) -> list[dict]:
         except ImportError:
             tool = "ast"
     rev = None if args.rev == "worktree" else args.rev
+    if args.named_bugs:
+        workdir = args.workdir / "named-bugs" if args.workdir else Path(tempfile.mkdtemp(prefix="named-bugs-"))
+        rows = run_named_bugs(workdir, rev)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        killed = sum(bool(r.get("passes_clean") and r.get("killed")) for r in rows)
+        print(f"named bugs: {killed}/{len(rows)} killed by their test")
+        return rows
     reports = []
     for module in args.modules:
         tests = args.tests or [t for t in TESTS[module] if (ROOT / t).exists()]
