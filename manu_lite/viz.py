@@ -61,6 +61,8 @@ def glue(name: str, value) -> None:
         from myst_nb import glue as _glue
     except ImportError:
         return
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy/torch scalars: a plain float or int,
+        value = value.item()  # whose text form the {glue:text} format spec can read (not 'np.float64(...)')
     _glue(name, _Text(value) if isinstance(value, str) else value, display=False)
 
 
@@ -137,7 +139,8 @@ def save_figure(fig, path, data) -> Path:
 def portrait_grid(records: Sequence, cols: int = 8, title: str | None = None, highlight: set[str] = frozenset()):
     """Portraits with names; records whose id is in ``highlight`` get a red frame (e.g. the forget people)."""
     rows = max(1, -(-len(records) // cols))
-    fig, axes = figure(1.35 * cols, 1.6 * rows, nrows=rows, ncols=cols, squeeze=False)
+    side = min(1.35, PAGE_WIDTH / cols)
+    fig, axes = figure(side * cols, (side + 0.3) * rows, nrows=rows, ncols=cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, record in zip(axes.flat, records):
@@ -159,7 +162,8 @@ def portrait_grid(records: Sequence, cols: int = 8, title: str | None = None, hi
 def test_set_images(record, label: str = ""):
     """A person's portrait next to the transformed images of the Test_Set."""
     images = [record.image, *record.images]
-    fig, axes = figure(1.6 * len(images), 1.9, ncols=len(images), squeeze=False)
+    side = min(1.6, PAGE_WIDTH / len(images))
+    fig, axes = figure(side * len(images), side + 0.3, ncols=len(images), squeeze=False)
     for k, (ax, image) in enumerate(zip(axes[0], images)):
         ax.imshow(image)
         ax.axis("off")
