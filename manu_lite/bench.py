@@ -280,7 +280,9 @@ class World:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.eval_sets.items())
-        return f"World({self.source!r}, {self.forget_config}: {sizes})"
+        # A local path is shortened to its last part: printed in a notebook, the full path would leak the machine's.
+        source = f"…/{Path(self.source).name}" if Path(self.source).is_absolute() else self.source
+        return f"World({source!r}, {self.forget_config}: {sizes})"
 
 
 def load_world(source: str, forget: str = "forget_10", max_retain: int | None = None, seed: int = 0, *,
