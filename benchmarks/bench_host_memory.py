@@ -13,7 +13,8 @@ per image (~0.45 MB; the hub's ``retain_95`` holds 226 MB for 475 rows).
 
     python benchmarks/bench_host_memory.py --profiles 250 500 --max-batches 40
 
-prints one table and writes ``--out`` (JSON). ``--max-batches`` caps the batches per (dataset, rendering) that
+prints one table and writes ``--out`` (JSON). The largest size is generated, the smaller ones are its first
+people; the runs go in parallel, one process each. ``--max-batches`` caps the batches per (dataset, rendering) that
 the statistics pass runs (the memory of a streamed pass does not grow with the batch count; the records do grow
 with the profiles, and are all loaded either way).
 """
@@ -59,6 +60,25 @@ def make_bench(root: Path, profiles: int, celebrities: int, image_size: int, gra
     if not (out / "Retain_Set").exists():
         make_synthetic_bench(out, profiles, celebrities, seed=0, image_size=image_size, image_format="JPEG",
                              grain=grain, min_look_distance=1)
+    return out
+
+
+def subset_bench(source: Path, out: Path, profiles: int) -> Path:
+    """``source`` cut to its first ``profiles`` people (by ID) in every config; the celebrities stay whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if (out / "Retain_Set").exists():
+        return out
+    people = sorted(pq.read_table(source / "Full_Set", columns=["ID"]).column("ID").to_pylist())[:profiles]
+    for config in sorted(p.name for p in source.iterdir() if p.is_dir()):
+        (out / config).mkdir(parents=True, exist_ok=True)
+        for path in (source / config).glob("*.parquet"):
+            table = pq.read_table(path)
+            if config != "Retain_Set":
+                table = table.filter(pc.is_in(table.column("ID"), value_set=pa.array(people, type=pa.string())))
+            pq.write_table(table, out / config / path.name)
     return out
 
 
@@ -148,20 +168,27 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    rows = []
-    for profiles in args.profiles:
-        bench = make_bench(args.bench_root, profiles, args.celebrities, args.image_size, args.grain)
-        sizes = {c.name: sum(f.stat().st_size for f in c.glob("*.parquet")) / 1e6 for c in bench.iterdir()}
+    # The largest bench is generated; smaller ones are its first N people (same images, same celebrities).
+    full = make_bench(args.bench_root, max(args.profiles), args.celebrities, args.image_size, args.grain)
+    runs = []
+    for profiles in sorted(args.profiles):
+        bench = full if profiles == max(args.profiles) else subset_bench(full, Path(f"{full}_first{profiles}"), profiles)
+        sizes = {c.name: round(sum(f.stat().st_size for f in c.glob("*.parquet")) / 1e6, 1) for c in bench.iterdir()}
         for mode in ("ours", "eager"):
             command = [sys.executable, __file__, "--worker", mode, "--bench", str(bench), "--forget", args.forget,
                        "--batch-size", str(args.batch_size), "--eager-cap-gb", str(args.eager_cap_gb),
                        "--threads", str(args.threads)] + (["--max-batches", str(args.max_batches)]
                                                           if args.max_batches else [])
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                raise SystemExit(f"{mode} at {profiles} profiles failed:\n{done.stderr[-3000:]}")
-            rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "parquet_mb": sizes})
-            print(json.dumps(rows[-1]), flush=True)
+            # One process per run, all at once: each peak is its own process's.
+            runs.append((profiles, mode, sizes, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                                 stderr=subprocess.PIPE, text=True)))
+    rows = []
+    for profiles, mode, sizes, process in runs:
+        out, err = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"{mode} at {profiles} profiles failed:\n{err[-3000:]}")
+        rows.append({**json.loads(out.strip().splitlines()[-1]), "parquet_mb": sizes})
+        print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'profiles':>8} {'mode':>6} {'model GB':>8} {'peak above model GB':>20} {'items':>6} {'s':>6}  note")
     for r in rows:
         note = ""
