@@ -27,7 +27,10 @@ from pathlib import Path
 RENDERINGS = ("image_text", "text_only")
 
 
-def run_split(split: str, out: Path, seed: int = 0) -> dict:
+def run_split(split: str, out: Path, seed: int = 0, manu: str = "compare") -> dict:
+    """One split: ``compare`` with the retain model, without sweeps or attacks. ``manu``: ``"compare"`` runs MANU at
+    ``CompareConfig``'s defaults (``ManuConfig()``, as ``manu-lite compare`` does), ``"book"`` at the tiny
+    profile's settings (``profile_manu("tiny")``, chapter 05's); each MANU row then sets its formulation."""
     from manu_lite.attacks import unseen_people
     from manu_lite.compare import CompareConfig, compare
     from manu_lite.profiles import profile_world, tiny_retain, tiny_vanilla
@@ -41,6 +44,12 @@ def run_split(split: str, out: Path, seed: int = 0) -> dict:
     retain = tiny_retain(world, seed, progress=False)
     timings["retain model"] = time.perf_counter() - start
     config = CompareConfig(sweeps=False, attacks=False, seed=seed)
+    if manu == "book":
+        from dataclasses import replace
+
+        from manu_lite.profiles import profile_manu
+
+        config = replace(config, manu=replace(profile_manu("tiny"), seed=seed))
     holdout = unseen_people(world, out, config.mia_people, seed + 1)
     start = time.perf_counter()
     result = compare(vanilla, processor, adapter, world, out / split, config, holdout=holdout, progress=False,
@@ -58,7 +67,8 @@ def run_split(split: str, out: Path, seed: int = 0) -> dict:
                        "extraction": un.get("extraction_strength"),
                        "collapse": un.get("collapse", {}).get("share")}
         rows[method] = cell
-    return {"split": split, "rows": rows, "timings": timings, "questions": result.questions}
+    return {"split": split, "rows": rows, "timings": timings, "questions": result.questions,
+            "manu": {k: v for k, v in config.manu.__dict__.items() if k in ("alpha", "towers", "positions")}}
 
 
 def mean_std(values):
@@ -105,6 +115,8 @@ def report(runs: list[dict], unit: str = "question", n_boot: int = 2000, seed: i
              f"[95 % percentile bootstrap interval of that mean: {n_boot} paired resamples of the {unit}s of each "
              f"split, seed {seed}]. Distance = mean |score − retain model| over set × task; drops from vanilla; "
              "all in points."]
+    settings = {json.dumps(run.get("manu", "ManuConfig() defaults (runs before --manu)")) for run in runs}
+    lines.append(f"MANU settings (each MANU row sets its formulation): {'; '.join(sorted(settings))}")
     for r in RENDERINGS:
         lines.append(f"\n== {r} ==\n{'method':16s}{'distance to retain':>36s}{'forget drop':>36s}"
                      f"{'retain drop':>36s}")
@@ -152,11 +164,14 @@ def main() -> None:
                         help="bootstrap unit: questions of each set x rendering x task (default: forget_5 has 2 "
                              "forget people, too few to resample), or people (a cluster bootstrap)")
     parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--manu", choices=("compare", "book"), default="compare",
+                        help="MANU's settings: CompareConfig's defaults (as manu-lite compare) or the tiny profile's "
+                             "(chapter 05: balanced recipe at its alpha, language tower)")
     args = parser.parse_args()
     if args.merge:
         runs = [run for path in args.merge for run in json.loads(path.read_text())]
     else:
-        runs = [run_split(split, args.workdir, args.seed) for split in args.splits]
+        runs = [run_split(split, args.workdir, args.seed, args.manu) for split in args.splits]
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(runs, indent=1))
