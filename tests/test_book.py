@@ -192,3 +192,27 @@ def test_bibliography_lists_the_core_papers(book):
                    "knowledge unlearning", "visual instruction tuning", "what matters when building"):
         assert needle in text, f"bibliography lacks {needle!r}"
     assert "liu et al., 2025" in text, "bibliography labels should be author-year (book/_ext/manu_bibstyle.py)"
+
+
+def test_downloads_carry_outputs_and_the_student_versions(book):
+    """The page's download button serves the executed notebook (book/_ext/executed_downloads.py), and every
+    assignment page links its student version (no solutions)."""
+    for entry in notebook_entries():
+        source = HTML / "_sources" / (entry + ".ipynb")
+        assert source.exists(), f"{entry}: no downloadable notebook at {source.relative_to(ROOT)}"
+        nb = nbformat.read(source, as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+            f"{entry}: the downloadable notebook has no outputs")
+        if "assignments" in entry:
+            html = html_of(entry).read_text(encoding="utf-8")
+            student = re.search(r'href="([^"]*_downloads/[^"]*/%s\.ipynb)"' % Path(entry).name, html)
+            assert student, f"{entry}: the page does not link its student version"
+            linked = nbformat.read(local_target(html_of(entry), student.group(1)), as_version=4)
+            assert not [c for c in linked.cells if "assignment-solution" in c.metadata.get("tags", [])]
+
+
+def test_every_page_loads_the_book_css_with_a_print_view(book):
+    css = HTML / "_static" / "manu.css"
+    assert css.exists() and "@media print" in css.read_text(encoding="utf-8"), "book/_static/manu.css not built"
+    for entry in toc_entries():
+        assert "_static/manu.css" in html_of(entry).read_text(encoding="utf-8"), f"{entry} does not load manu.css"

@@ -4,6 +4,13 @@ For the index and every page in _toc.yml: the title is present, every image load
 and, on pages with math, MathJax (served locally) typeset every formula and no raw TeX is left in the visible text.
 A screenshot of each page is saved under _build/screenshots/<page>.png.
 
+Layout, at a 1280 px window: no display formula (the typeset `mjx-math` inside each `mjx-container`) is wider than
+the text column, and no table either unless it scrolls sideways inside a box that fits the column; every figure (an image at least 300 px wide in its file) shows at no less than
+LEGIBLE_SCALE of its pixel size, so that the labels drawn at 7-9 pt at 100 dpi stay >= 7 px on screen (images that
+link to their own full-size file are exempt: a click shows them at full size); no cell output shows a raw Python
+repr (`<... object at 0x...>`, `dtype: bool`), a traceback, a warning or a path of the machine that built the book.
+One 390 px wide (phone) screenshot of every notebook page is kept under _build/screenshots/mobile/.
+
 How: the test writes a probe copy of each page next to it (same directory, so relative URLs resolve) with one small
 script appended, which waits for the window load event, MathJax's startup promise and the fonts, then writes a JSON
 report into a hidden <pre>. Chromium runs headless with --dump-dom (the DOM after --virtual-time-budget) and
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from _book import BOOK_TITLE, HTML, ROOT, SCREENSHOTS, build_book, html_of, toc_entries
+from _book import BOOK_TITLE, HTML, ROOT, SCREENSHOTS, build_book, html_of, notebook_entries, toc_entries
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)
 
@@ -41,6 +48,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--hide-scrollbars", "--window-size=1280,2800", "--virtual-time-budget=15000"]
 
 PROBE_ID = "manu-browser-probe"
+LEGIBLE_SCALE = 0.75  # a figure drawn at 100 dpi with 7 pt labels keeps them >= 7 px on screen
+MOBILE = ["--window-size=390,2400"]  # a phone-sized window for the kept mobile screenshots
 PROBE = """
 <script>
 (function () {
@@ -53,12 +62,53 @@ PROBE = """
       }),
       mathjax: mathjax,
       mjx: document.querySelectorAll("mjx-container").length,
+      layout: layout(),
+      outputs: Array.prototype.map.call(document.querySelectorAll(".cell_output"), function (o) {
+        return o.innerText;
+      }),
       fonts: Array.from(document.fonts).filter(function (f) { return /MJX/.test(f.family); })
                  .map(function (f) { return f.family + ":" + f.status; })
     };
     var pre = document.createElement("pre");
     pre.id = "%(id)s"; pre.style.display = "none"; pre.textContent = JSON.stringify(r);
     document.body.appendChild(pre);
+  }
+  function layout() {
+    var col = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+    var cs = getComputedStyle(col);
+    var width = col.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    var wide = [];
+    function check(kind, el, box) {
+      var w = box.getBoundingClientRect().width;
+      if (w > width + 1) {
+        wide.push({kind: kind, width: Math.round(w), column: Math.round(width),
+                   text: (el.innerText || el.textContent || "").replace(/\\s+/g, " ").slice(0, 80)});
+      }
+    }
+    document.querySelectorAll('mjx-container[display="true"]').forEach(function (c) {
+      check("display math", c, c.querySelector("mjx-math") || c);
+    });
+    // A table may be wider than the column only inside a box that fits the column and scrolls sideways (the theme's
+    // table container, manu.css's output box: its first column stays in view).
+    function scrolls(t) {
+      for (var el = t.parentElement; el && el !== col; el = el.parentElement) {
+        var ox = getComputedStyle(el).overflowX;
+        if ((ox === "auto" || ox === "scroll") && el.getBoundingClientRect().width <= width + 1) return true;
+      }
+      return false;
+    }
+    document.querySelectorAll("article table").forEach(function (t) { if (!scrolls(t)) check("table", t, t); });
+    var small = [];
+    Array.prototype.forEach.call(document.images, function (i) {
+      if (i.naturalWidth < 300 || (i.closest("a") && /\\.(png|svg|jpe?g)$/i.test(i.closest("a").getAttribute("href") || "")))
+        return;
+      var shown = i.getBoundingClientRect().width;
+      if (shown > width + 1) wide.push({kind: "image", width: Math.round(shown), column: Math.round(width),
+                                        text: i.getAttribute("src").slice(-60)});
+      if (shown < %(legible)s * i.naturalWidth)
+        small.push({src: i.getAttribute("src").slice(-60), scale: Math.round(100 * shown / i.naturalWidth) / 100});
+    });
+    return {column: Math.round(width), wide: wide, small: small};
   }
   window.addEventListener("load", function () {
     if (!window.MathJax) { report("absent"); return; }
@@ -69,7 +119,7 @@ PROBE = """
   });
 })();
 </script>
-""" % {"id": PROBE_ID}
+""" % {"id": PROBE_ID, "legible": LEGIBLE_SCALE}
 
 
 class _TextScan(HTMLParser):
@@ -119,8 +169,25 @@ RAW_TEX = [
 ]
 
 
+LEAKS = [
+    (re.compile(r"Traceback \(most recent call last\)|^\w+Error: ", re.M), "a traceback"),
+    (re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>"), "a raw object repr"),
+    (re.compile(r"\bdtype: (bool|int64|int32|float64|float32|object)\b"), "a raw pandas Series footer"),
+    (re.compile(r"\b\w*Warning: "), "a Python warning"),
+    (re.compile(r"(/root/|/home/\w+/|/work/|/tmp/|site-packages|\\Users\\)"), "a path of the build machine"),
+]
+
+
 def _slug(entry: str) -> str:
     return entry.replace("/", "__")
+
+
+def _mobile_shot(page: Path, entry: str) -> Path:
+    """A 390 px wide screenshot of ``page`` under _build/screenshots/mobile/."""
+    shot = SCREENSHOTS / "mobile" / f"{_slug(entry)}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    _chromium(page.as_uri(), shot, MOBILE)
+    return shot
 
 
 def _render(page: Path, shot: Path) -> tuple[str, str]:
@@ -136,11 +203,12 @@ def _render(page: Path, shot: Path) -> tuple[str, str]:
     return proc.stdout, proc.stderr
 
 
-def _chromium(url: str, shot: Path) -> subprocess.CompletedProcess:
-    """Headless Chromium with a throw-away profile: the DOM after the virtual time budget, and a screenshot."""
+def _chromium(url: str, shot: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
+    """Headless Chromium with a throw-away profile: the DOM after the virtual time budget, and a screenshot.
+    ``extra`` flags come last (a later --window-size wins)."""
     with tempfile.TemporaryDirectory(prefix="manu-chromium-") as profile_dir:
         return subprocess.run(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "--dump-dom", f"--screenshot={shot}", url],
+            [CHROMIUM, *FLAGS, *extra, f"--user-data-dir={profile_dir}", "--dump-dom", f"--screenshot={shot}", url],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
         )
 
@@ -158,7 +226,10 @@ def rendered():
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {e: pool.submit(_render, p, SCREENSHOTS / f"{_slug(e)}.png") for e, p in jobs.items()}
         index = pool.submit(_index_redirect_target)
+        mobile = [pool.submit(_mobile_shot, html_of(e), e) for e in notebook_entries()]
         out = {e: f.result() for e, f in futures.items()}
+        for f in mobile:
+            f.result()
     return out, index.result()
 
 
@@ -206,6 +277,18 @@ def test_page_renders_in_chromium(rendered, entry):
         m = pattern.search(text)
         assert not m, f"{entry}: {what} left in the rendered text: ...{text[max(0, m.start() - 60):m.end() + 60]}..."
 
+    # Layout at 1280 px: nothing wider than the column, every figure at a legible scale.
+    layout = report["layout"]
+    assert not layout["wide"], f"{entry}: wider than the {layout['column']} px text column: {layout['wide']}"
+    assert not layout["small"], (f"{entry}: figures shown below {LEGIBLE_SCALE:.0%} of their size (labels too small "
+                                 f"to read; draw them at most manu_lite.viz.PAGE_WIDTH wide): {layout['small']}")
+
+    # No raw Python leaking into the cell outputs.
+    for output in report["outputs"]:
+        for pattern, what in LEAKS:
+            m = pattern.search(output)
+            assert not m, f"{entry}: a cell output shows {what}: ...{output[max(0, m.start() - 80):m.end() + 80]}..."
+
     # Screenshot saved and not blank.
     shot = SCREENSHOTS / f"{_slug(entry)}.png"
     assert shot.exists() and shot.stat().st_size > 10_000, f"{entry}: no usable screenshot at {shot}"
@@ -216,3 +299,13 @@ def test_index_opens_the_root_page(rendered):
     root = toc_entries()[0]
     assert BOOK_TITLE in index_dom, "index.html did not lead to the book's root page in the browser"
     assert re.search(r"<h1[^>]*>", index_dom), f"index.html did not render the root page {root}"
+
+
+@pytest.mark.parametrize("entry", notebook_entries())
+def test_every_notebook_page_has_a_mobile_screenshot(rendered, entry):
+    shot = SCREENSHOTS / "mobile" / f"{_slug(entry)}.png"
+    assert shot.exists() and shot.stat().st_size > 10_000, f"{entry}: no 390 px screenshot at {shot}"
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.width == 390, f"{entry}: the mobile screenshot is {image.width} px wide, not 390"
