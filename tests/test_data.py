@@ -133,3 +133,12 @@ def test_evaluation_format_where_training_is_needed(small_bench):
     forget = load_bench(str(small_bench), "forget_10")
     with pytest.raises(BenchSchemaError, match="use load_world"):
         require_training_format(forget, "forget_10")
+
+
+def test_celebrity_names_reach_the_benchmarks_153():
+    from manu_lite.synthetic import CELEBRITY_NAMES, celebrity_names
+
+    names = celebrity_names(153)
+    assert len(set(names)) == len(names) >= 153 and names[:len(CELEBRITY_NAMES)] == list(CELEBRITY_NAMES)
+    with pytest.raises(ValueError, match="at most"):
+        celebrity_names(len(names) + 1)
