@@ -46,7 +46,8 @@ TESTS = {
     "prune": ["tests/test_prune.py", "tests/test_meaning_prune_biases.py", "tests/test_meaning_prune.py"],
     "hooks": ["tests/test_hooks.py", "tests/test_meaning_eval.py", "tests/test_meaning_selection.py",
               "tests/test_meaning_hooks.py"],
-    "sites": ["tests/test_hooks.py", "tests/test_architectures.py"],
+    "sites": ["tests/test_hooks.py", "tests/test_architectures.py", "tests/test_importance.py",
+              "tests/test_meaning_sites.py"],
     "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py"],
     "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py"],
 }

@@ -1,0 +1,74 @@
+"""Site discovery pinned where the site tests did not reach (issue 19, mutation survivors): why a module is not a
+site (width disagreement, read off by hand), the audio exclusion, the unused-layer reason, layout validation,
+``NeuronSite`` rows and repr, and where an offloaded module computes."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from manu_lite import sites
+from manu_lite.sites import NeuronSite, execution_device, register_mlp_layout, site_table, unused_layers
+
+
+class _MLP(nn.Module):
+    def __init__(self, hidden=8, produce=6, read=8):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, produce), nn.Linear(read, 4)
+
+
+def _layers(*mlps):
+    model = nn.Module()
+    model.layers = nn.ModuleList(mlps)
+    return model
+
+
+def test_a_layout_with_disagreeing_widths_says_which_widths():
+    # exactly the children fc1/fc2 of the fc1 -> fc2 layout, fc1 writing 6 where fc2 reads 8
+    rows = site_table(_layers(_MLP(produce=6, read=8)), ("language",))
+    (row,) = [r for r in rows if r["path"] == "layers.0"]
+    assert row["status"] == "unrecognized"
+    assert row["reason"].endswith("; has fc1/fc2 but their widths disagree (fc2 reads 8, the inputs write [6])")
+
+
+def test_unused_layer_reason_is_stated_exactly():
+    vision = SimpleNamespace(num_hidden_layers=3)
+    model = SimpleNamespace(config=SimpleNamespace(vision_feature_layer=-2, vision_config=vision))
+    # hidden_states[-2] of 3 layers = hidden_states[2] = layer 1's output: layer 2 is unused
+    assert unused_layers(model) == {2: "vision_feature_layer=-2 reads hidden_states up to index 2: layer 2's output "
+                                       "never reaches the language model"}
+    no_count = SimpleNamespace(config=SimpleNamespace(vision_feature_layer=-2, vision_config=SimpleNamespace()))
+    assert unused_layers(no_count) == {}
+
+
+@pytest.mark.parametrize("in_projs, out_proj", [((), "w2"), (("w1", ""), "w2"), (("w1", 3), "w2"), (("w1",), "")])
+def test_register_mlp_layout_refuses_empty_or_non_string_names(in_projs, out_proj):
+    before = sites.MLP_LAYOUTS
+    with pytest.raises(ValueError, match=r"^a layout is \(non-empty tuple of input projection names, output "
+                                         r"projection name\), got "):
+        register_mlp_layout(in_projs, out_proj)
+    assert sites.MLP_LAYOUTS == before
+
+
+def test_in_rows_are_int64_for_any_integer_input_and_repr_names_the_path():
+    site = NeuronSite(tower="language", layer=0, mlp=_MLP(produce=8), in_projs=("fc1",), out_proj="fc2", width=8)
+    rows = site.in_rows(torch.tensor([3, 1], dtype=torch.int32))
+    assert rows.dtype == torch.int64 and rows.tolist() == [3, 1]
+    assert repr(site) == "NeuronSite('language.0.fc2', width=8)"
+    site = NeuronSite(tower="language", layer=0, mlp=site.mlp, in_projs=("fc1",), out_proj="fc2", width=8,
+                      path="model.layers.0.mlp")
+    assert repr(site) == "NeuronSite('language.0.fc2', width=8, path='model.layers.0.mlp')"
+
+
+def test_an_offloaded_module_computes_on_its_hooks_execution_device():
+    linear = nn.Linear(2, 2, device="meta")
+    assert execution_device(linear) is None  # meta weights, no hook: nowhere to compute
+    linear._hf_hook = SimpleNamespace(execution_device="cpu")
+    assert execution_device(linear) == torch.device("cpu")
+    linear._hf_hook = SimpleNamespace(execution_device=0)
+    assert execution_device(linear) == torch.device("cuda:0")
+    resident = nn.Linear(2, 2)
+    resident._hf_hook = SimpleNamespace(execution_device=0)
+    assert execution_device(resident) == torch.device("cpu")  # weights in place: where they are
