@@ -59,3 +59,14 @@ def test_method_rows_hold_every_column():
     assert header[:2] == ["method", "neurons"] and len(header) == 2 + len(bench_tables.METHOD_COLUMNS)
     assert rows == [["reference, α = 30", "153"] + [f"{10.0 + j:+.1f} ± 10.0"
                                                    for j in range(len(bench_tables.METHOD_COLUMNS))]]
+
+
+def test_paper_vs_code_takes_every_method_figure_from_the_json():
+    page = (ROOT / "book" / "paper_vs_code.md").read_text()
+    for name in ("method_table.json", "method_table_both_towers.json"):
+        assert f"```{{method-table}} benchmarks/results/{name}" in page
+    result = json.loads((ROOT / bench_tables.METHOD_TABLE).read_text())
+    keys = __import__("re").findall(r"\{method-value\}`([^`]+)`", page)
+    assert len(keys) >= 15
+    for key in keys:  # every quoted figure resolves (a KeyError would be a build error)
+        bench_tables.method_value(result, key)
