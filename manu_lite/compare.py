@@ -118,7 +118,7 @@ def unlearn(method: str, model, processor, adapter: PromptAdapter, world: World,
         report = unlearn_with(method, model, processor, adapter, world, config.unlearn, progress=progress)
         return {"steps": len(report["losses"]), "final_loss": report["losses"][-1] if report["losses"] else None,
                 "forget_items": report["forget_items"], "retain_items": report["retain_items"]}
-    from .manu import manu_unlearn
+    from .manu import choose_prune_mode, manu_unlearn
 
     mask, report = manu_unlearn(model, processor, world.forget_train, world.retain_train, manu_config(config, method),
                                 adapter=adapter, batch_size=config.manu_batch_size, progress=progress)
@@ -176,7 +176,7 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
     """
     from .hooks import find_sites
     from .importance import select
-    from .manu import manu_unlearn
+    from .manu import choose_prune_mode, manu_unlearn
     from .prune import NeuronMask
 
     world = _sweep_world(world, config)
@@ -199,7 +199,8 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
             grid = [(m, a) for m in manu_families for a in config.alphas]
             for method, alpha in tqdm(grid, desc=f"sweep MANU ({positions})", disable=not progress):
                 manu = replace(manu_config(config, method), positions=positions, alpha=alpha)
-                mask = NeuronMask.from_sites(select(report.stats, manu), sites, mode=manu.prune_mode)
+                mask = NeuronMask.from_sites(select(report.stats, manu), sites,
+                                             mode=choose_prune_mode(model, manu.prune_mode))
                 with mask.applied(model):
                     point(f"{LABELS[method]} {positions} α={alpha:g}", model, f"{LABELS[method]} ({positions})",
                           "alpha", alpha, {"formulation": manu.formulation, "positions": positions, "alpha": alpha},
