@@ -21,7 +21,7 @@ import torch
 from manu_lite.evaluate import EvalConfig, evaluate
 from manu_lite.hooks import find_sites
 from manu_lite.importance import select
-from manu_lite.manu import manu_unlearn
+from manu_lite.manu import choose_prune_mode, manu_unlearn
 from manu_lite.prune import NeuronMask
 from manu_lite.config import TINY_EVAL, TINY_MANU
 from manu_lite.profiles import tiny_vanilla, tiny_world
@@ -69,7 +69,7 @@ def main() -> None:
         sites = find_sites(model, config.towers)
         for alpha in args.alphas:
             indices = select(report.stats, replace(config, alpha=alpha))
-            mask = NeuronMask.from_sites(indices, sites, mode=config.prune_mode)
+            mask = NeuronMask.from_sites(indices, sites, mode=choose_prune_mode(model, config.prune_mode))
             with mask.applied(model):
                 after = evaluate(model, processor, adapter, world, eval_config, method="manu", progress=False)
             lost = drops(vanilla, after)
