@@ -43,11 +43,12 @@ def overlap_curve(per_rendering: Mapping[str, Mapping[str, torch.Tensor]], alpha
 # --------------------------------------------------------------------------------- 04: pruning and the sweep
 @torch.no_grad()
 def verify_mask(model, mask, batch) -> "object":
-    """Check, on one batch, every claim a neuron-removal mask makes; returns a ``pandas.Series`` claim → bool.
+    """Check, on one batch, every claim a mask makes; returns a ``pandas.Series`` claim → bool.
 
-    Inside ``mask.applied(model)``: the pruned neurons' activations are exactly 0, their ``down_proj``/``fc2``
-    columns and ``gate/up_proj``/``fc1`` rows are zero, and nothing but those rows and columns changed. After the
-    block: every parameter is bit-identical to before.
+    Inside ``mask.applied(model)``: the pruned neurons' activations are exactly 0; for a neuron-removal mask their
+    ``down_proj``/``fc2`` columns and ``gate/up_proj``/``fc1`` rows are zero and nothing but those rows and columns
+    changed, for an activation mask (4-bit weights) no weight changed. After the block: every parameter is
+    bit-identical to before.
     """
     import pandas as pd
 
@@ -61,19 +62,24 @@ def verify_mask(model, mask, batch) -> "object":
             model(**model_inputs(batch))
         claims["pruned neurons' activations are exactly 0"] = all(
             float(acts[n][..., i].abs().max()) == 0 for n, i in pruned.items() if n in acts)
-        claims["their down_proj / fc2 columns are zero"] = all(
-            bool((sites[n].out_module.weight[:, i] == 0).all()) for n, i in pruned.items())
-        claims["their gate_proj, up_proj / fc1 rows (and biases) are zero"] = all(
-            bool((m.weight[rows] == 0).all()) and (m.bias is None or bool((m.bias[rows] == 0).all()))
-            for n, i in pruned.items() for rows in [sites[n].in_rows(i)] for m in sites[n].in_modules)
-        allowed = 0
-        for n, i in pruned.items():
-            out, ins = sites[n].out_module, sites[n].in_modules
-            # A fused gate_up_proj feeds each neuron from two rows (site.in_rows).
-            rows = len(sites[n].in_rows(i))
-            allowed += len(i) * out.weight.shape[0] + rows * sum(m.weight.shape[1] + (m.bias is not None) for m in ins)
-        changed = sum(int((v != before[k]).sum()) for k, v in model.state_dict().items())
-        claims["nothing else changed (changed entries ≤ those rows and columns)"] = 0 < changed <= allowed
+        if mask.mode == "activation":  # a hook zeroes activations; the (e.g. 4-bit, packed) weights stay as they are
+            claims["weights untouched (activation mask)"] = all(
+                torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        else:
+            claims["their down_proj / fc2 columns are zero"] = all(
+                bool((sites[n].out_module.weight[:, i] == 0).all()) for n, i in pruned.items())
+            claims["their gate_proj, up_proj / fc1 rows (and biases) are zero"] = all(
+                bool((m.weight[rows] == 0).all()) and (m.bias is None or bool((m.bias[rows] == 0).all()))
+                for n, i in pruned.items() for rows in [sites[n].in_rows(i)] for m in sites[n].in_modules)
+            allowed = 0
+            for n, i in pruned.items():
+                out, ins = sites[n].out_module, sites[n].in_modules
+                # A fused gate_up_proj feeds each neuron from two rows (site.in_rows).
+                rows = len(sites[n].in_rows(i))
+                allowed += len(i) * out.weight.shape[0] + rows * sum(m.weight.shape[1] + (m.bias is not None)
+                                                                     for m in ins)
+            changed = sum(int((v != before[k]).sum()) for k, v in model.state_dict().items())
+            claims["nothing else changed (changed entries ≤ those rows and columns)"] = 0 < changed <= allowed
     claims["after restore: every parameter bit-identical"] = all(
         torch.equal(v, before[k]) for k, v in model.state_dict().items())
     return pd.Series(claims, name="holds")
@@ -104,6 +110,8 @@ def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from .manu import choose_prune_mode
+
     sub = world.with_retain_sample(retain_people)
     evaluation = dataclasses.replace(evaluation, sets=("forget", "retain"))
     sites = find_sites(model, config.towers)
@@ -111,7 +119,8 @@ def alpha_sweep(model, processor, adapter, world: World, stats, alphas: Sequence
     masks = {}
     for alpha in tqdm(list(alphas), desc="alpha sweep", disable=not progress):
         point = dataclasses.replace(config, alpha=alpha)
-        mask = NeuronMask.from_sites(select(stats, point), sites, mode=point.prune_mode)
+        mode = choose_prune_mode(model, point.prune_mode)
+        mask = NeuronMask.from_sites(select(stats, point), sites, mode=mode)
         with mask.applied(model):
             rows += [dict(r, alpha=float(alpha)) for r in evaluate(model, processor, adapter, sub, evaluation,
                                                                    progress=False)]
