@@ -59,9 +59,9 @@ def effects(questions: list[dict], people: set) -> dict:
     return out
 
 
-def direct_check(split: str, people: int, sample_seed: int, questions: list[dict], seed: int = 0) -> float:
-    """Max |direct − shortcut| (points) over the vanilla's retain questions of the sample: evaluated on the
-    sampled world vs taken from the full run."""
+def direct_check(split: str, people: int, sample_seed: int, questions: list[dict], seed: int = 0) -> tuple:
+    """The vanilla's retain questions of the sample, evaluated on the sampled world vs taken from the full run:
+    ``(max |difference| in points, questions that differ, questions)``."""
     from manu_lite.compare import CompareConfig
     from manu_lite.evaluate import evaluate
     from manu_lite.profiles import profile_world, tiny_vanilla
@@ -77,16 +77,19 @@ def direct_check(split: str, people: int, sample_seed: int, questions: list[dict
     direct = question_records(details, "Vanilla")
     kept = {r.id for r in sample.retain}
     shortcut = [q for q in questions if q["method"] == "Vanilla" and q["set"] == "retain" and q["id"] in kept]
-    key = lambda q: (q["rendering"], q["task"], q["id"])  # noqa: E731
-    if sorted(map(key, direct)) != sorted(map(key, shortcut)):
+
+    def by_person(rows):  # each person's questions of a rendering and task, in evaluation order
+        out = {}
+        for q in rows:
+            out.setdefault((q["rendering"], q["task"], q["id"]), []).append(q["value"])
+        return out
+
+    direct, shortcut = by_person(direct), by_person(shortcut)
+    if direct.keys() != shortcut.keys() or any(len(direct[k]) != len(shortcut[k]) for k in direct):
         raise SystemExit("the sampled world's retain questions differ from the full run's questions of the same "
                          "people: the shortcut does not hold")
-    gaps = {}
-    for q in direct:
-        gaps.setdefault(key(q), []).append(q["value"])
-    for q in shortcut:
-        gaps[key(q)].append(q["value"])
-    return 100 * max(abs(values[0] - values[-1]) for values in gaps.values())
+    gaps = [abs(a - b) for k in direct for a, b in zip(direct[k], shortcut[k])]
+    return 100 * max(gaps), sum(g > 1e-9 for g in gaps), len(gaps)
 
 
 def main() -> None:
@@ -133,9 +136,9 @@ def main() -> None:
         print(f"{m:16s}{r:12s}{name:14s}{statistics.mean(diffs):+6.2f} ± {statistics.stdev(diffs):5.2f} "
               f"[{max(map(abs, diffs)):5.2f}]")
     if not args.no_check:
-        gap = direct_check(args.split, args.people, args.sample_seed, questions, args.seed)
+        gap, differ, n = direct_check(args.split, args.people, args.sample_seed, questions, args.seed)
         print(f"\ndirect check: the vanilla evaluated on the sampled world vs the full run's questions of the same "
-              f"people: max |difference| {gap:.3g} points per question")
+              f"people: {differ} of {n} questions differ, max |difference| {gap:.3g} points")
 
 
 if __name__ == "__main__":
