@@ -31,15 +31,20 @@ def world_for(args, run: RunManifest | None = None) -> World:
     return tiny_world(Path(args.out), args.forget, args.profiles, args.seed, run)
 
 
+def _read_results(path: Path) -> Results:
+    """Records saved by :meth:`Results.save`, with their meta when it was saved beside them."""
+    results = Results(json.loads(Path(path).read_text()))
+    meta = Path(path).with_suffix(".meta.json")
+    if meta.exists():
+        results.meta = json.loads(meta.read_text())
+    return results
+
+
 def evaluated(run: RunManifest | None, step: str, path: Path, evaluate_fn) -> Results:
     """The results of ``step``: read back from ``path`` when ``run`` completed it already, else computed."""
     if run is not None and run.done(step):
         print(f"resume: {step} already done, reading {path}")
-        results = Results(json.loads(path.read_text()))
-        meta = path.with_suffix(".meta.json")
-        if meta.exists():
-            results.meta = json.loads(meta.read_text())
-        return results
+        return _read_results(path)
     results = evaluate_fn()
     results.save(path)
     if run is not None:
@@ -187,14 +192,6 @@ def format_table(results: Results) -> str:
 
 
 # ------------------------------------------------------------------------------- chapter 06: the full benchmark
-def _read_results(path: Path) -> Results:
-    results = Results(json.loads(Path(path).read_text()))
-    meta = Path(path).with_suffix(".meta.json")
-    if meta.exists():
-        results.meta = json.loads(meta.read_text())
-    return results
-
-
 def _scored(steps, label: str, method: str, model, processor, adapter, world: World, evaluation: EvalConfig,
             mmmu=None, mmmu_config=None) -> tuple[Results, Results]:
     """Steps ``evaluate-<label>`` (MLLMU-Bench) and, with ``mmmu`` data, ``mmmu-<label>``, on ``model`` as it is."""
