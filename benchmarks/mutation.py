@@ -48,7 +48,7 @@ TESTS = {
               "tests/test_meaning_hooks.py"],
     "sites": ["tests/test_hooks.py", "tests/test_architectures.py", "tests/test_importance.py",
               "tests/test_meaning_sites.py"],
-    "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py"],
+    "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py", "tests/test_meaning_evaluate.py"],
     "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py"],
 }
 
