@@ -29,7 +29,8 @@ from manu_lite.evaluate import evaluate
 from manu_lite.finetune import TrainConfig, pretrained_base, vanilla_model
 from manu_lite.manu import manu_unlearn
 from manu_lite.models import PromptAdapter, TinySpec, build_tiny_llava, tokenizer_of
-from manu_lite.pretrain import PretrainConfig
+from manu_lite.bench import World
+from manu_lite.pretrain import PretrainConfig, population
 from manu_lite.profiles import profile_world
 
 PROTOCOLS = ("mllmu", "likelihood", "likelihood_norm", "likelihood_letter")
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--lora", type=int, default=0, help="fine-tune a LoRA of this rank (peft) instead of all weights")
     parser.add_argument("--base", action="store_true", help="also score the pretrained base and the untrained model")
     parser.add_argument("--manu", action="store_true", help="MANU's drops (TINY_MANU) under mllmu and likelihood")
+    parser.add_argument("--own", action="store_true",
+                        help="also score the pretrained base on its own (trained-on) population: can it learn the formats")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,6 +100,12 @@ def main() -> None:
         untrained = build_tiny_llava(tokenizer_of(base_processor), spec, seed=pretrain.train_seed)
         scores(untrained, base_processor, PromptAdapter("llava"), scored, args.sets, ("mllmu", "likelihood"),
                "untrained", rows, metas)
+    if args.own and pretrain is not None:
+        base, base_processor = pretrained_base(spec, pretrain)
+        full, facts = population(pretrain)
+        own = World("pretraining population", "first 5", full[:5], full[5:5 + args.retain_people], [], [], facts[:5],
+                    facts[5:5 + args.retain_people])
+        scores(base, base_processor, adapter, own, args.sets, ("mllmu",), "base on its own people", rows, metas)
     manu_drops = {}
     if args.manu:
         mask, _ = manu_unlearn(model, processor, world.forget_train, world.retain_train, TINY_MANU, adapter=adapter,
