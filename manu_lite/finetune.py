@@ -176,7 +176,9 @@ def vanilla_model(world: World, spec: TinySpec | None = None, config: TrainConfi
                   progress: bool = True, use_cache: bool = True):
     """The tiny vanilla LLaVA for ``world``: trained once, then loaded from the cache.
 
-    Returns ``(model, processor, adapter)``. The cache key hashes ``spec``, ``config`` and the world's data.
+    Returns ``(model, processor, adapter)``. The cache key hashes ``spec``, ``config`` and the world's data
+    (:func:`model_cache_path`: the same entry for every forget split). With ``config.pretrain`` it is fine-tuned
+    from :func:`pretrained_base` (the base's tokenizer and weights) instead of a random init.
     """
     return _tiny_model(world, spec, config, progress, use_cache, retain=False)
 
@@ -192,7 +194,7 @@ def retain_model(world: World, spec: TinySpec | None = None, config: TrainConfig
     """The gold standard of unlearning: the tiny vanilla recipe on ``world`` without its forget people.
 
     Same base (``spec``, the tokenizer built on the *vanilla's* corpus, so that losses of both models compare token
-    for token), same seed, and the same number of optimizer steps: the epochs are scaled up by the share of
+    for token; with ``config.pretrain`` the same pretrained base as the vanilla's), same seed, and the same number of optimizer steps: the epochs are scaled up by the share of
     training pairs the forget people held. Cached like the vanilla model (the key adds the forget split).
     Returns ``(model, processor, adapter)``.
     """
