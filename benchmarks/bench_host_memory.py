@@ -69,6 +69,8 @@ def subset_bench(source: Path, out: Path, profiles: int) -> Path:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from manu_lite.bench_schema import ROW_GROUP_ROWS
+
     if (out / "Retain_Set").exists():
         return out
     people = sorted(pq.read_table(source / "Full_Set", columns=["ID"]).column("ID").to_pylist())[:profiles]
@@ -78,7 +80,7 @@ def subset_bench(source: Path, out: Path, profiles: int) -> Path:
             table = pq.read_table(path)
             if config != "Retain_Set":
                 table = table.filter(pc.is_in(table.column("ID"), value_set=pa.array(people, type=pa.string())))
-            pq.write_table(table, out / config / path.name)
+            pq.write_table(table, out / config / path.name, row_group_size=ROW_GROUP_ROWS)
     return out
 
 

@@ -199,7 +199,8 @@ def _stream(path: str, config: str):
         file = pq.ParquetFile(path)
         if file.metadata.num_rows == 0:  # datasets' streaming reader cannot read a file without rows
             return file.schema_arrow.names, iter(())
-        table = datasets.load_dataset("parquet", data_files={"train": [path]}, split="train", streaming=True)
+        table = datasets.load_dataset("parquet", data_files={"train": [path]}, split="train", streaming=True,
+                                      batch_size=16)  # rows per arrow batch: a few images' bytes at a time
         return list(table.features or file.schema_arrow.names), iter(table.decode(False))
     except Exception as exc:
         raise BenchSchemaError(f"{config}: {path} cannot be read as parquet ({type(exc).__name__}: {exc}); "

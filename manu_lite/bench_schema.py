@@ -63,13 +63,18 @@ def hub_schema(schema: pa.Schema) -> pa.Schema:
     return features.arrow_schema
 
 
+# Rows per parquet row group: what ``datasets`` wrote for image datasets when the hub's files were uploaded
+# (PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS = 100); a streaming reader holds one row group at a time.
+ROW_GROUP_ROWS = 100
+
+
 def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config: str) -> Path:
     """Write one config as ``<out_dir>/<config>/train-00000-of-00001.parquet`` (atomically), with the hub's
-    feature metadata (:func:`hub_schema`)."""
+    feature metadata (:func:`hub_schema`), in row groups of :data:`ROW_GROUP_ROWS` rows."""
     path = Path(out_dir) / config / "train-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=hub_schema(schema)), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=hub_schema(schema)), tmp, row_group_size=ROW_GROUP_ROWS)
     return path
 
 
