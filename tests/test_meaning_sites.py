@@ -29,7 +29,7 @@ def test_a_layout_with_disagreeing_widths_says_which_widths():
     # exactly the children fc1/fc2 of the fc1 -> fc2 layout, fc1 writing 6 where fc2 reads 8
     rows = site_table(_layers(_MLP(produce=6, read=8)), ("language",))
     (row,) = [r for r in rows if r["path"] == "layers.0"]
-    assert row["status"] == "unrecognized"
+    assert (row["status"], row["module"], row["layer"]) == ("unrecognized", "_MLP", 0)
     assert row["reason"].endswith("; has fc1/fc2 but their widths disagree (fc2 reads 8, the inputs write [6])")
 
 
@@ -72,3 +72,13 @@ def test_an_offloaded_module_computes_on_its_hooks_execution_device():
     resident = nn.Linear(2, 2)
     resident._hf_hook = SimpleNamespace(execution_device=0)
     assert execution_device(resident) == torch.device("cpu")  # weights in place: where they are
+
+
+def test_a_known_layout_outside_a_layer_list_is_listed_as_excluded_with_its_class():
+    model = _layers(_MLP(produce=8))
+    model.head = _MLP(produce=8)  # fc1 -> fc2 with matching widths, but no layer index: a pooling head
+    rows = {r["path"]: r for r in site_table(model, ("language",))}
+    assert rows["layers.0"]["status"] == "site" and rows["layers.0"]["site"] == "language.0.fc2"
+    head = rows["head"]
+    assert (head["status"], head["module"], head["site"]) == ("excluded", "_MLP", None)
+    assert head["reason"] == "a known layout outside a numbered layer list (e.g. a pooling head), not a layer's MLP"
