@@ -1,0 +1,146 @@
+"""The CPU rehearsal of the Colab path: notebooks 03-06 with ``PROFILE = "colab"`` against a local hub cache.
+
+:func:`manu_lite.rehearsal.write_rehearsal_hub` writes ``MLLMMU/LLaVA_Vanilla`` (LLaVA-1.5-7B's configuration cut
+down, random init), ``MLLMMU/Idefics2_Vanilla`` and the synthetic ``MLLMMU/MLLMU-Bench`` into a hub cache; the
+notebooks then run exactly as on Colab — the parameters cell set to ``"colab"``, the model loaded by
+``profiles.load_model`` in real bitsandbytes NF4 (its CPU kernels), the bench through ``load_world`` of the hub id —
+with ``HF_HUB_OFFLINE=1`` and ``MANU_LITE_PEOPLE=2`` people per set. The scores mean nothing; every step must run
+and leave its outputs. book/setup.md's walk-through names the test of each step. CI runs the cache checks and
+chapter 03; ``MANU_LITE_REHEARSAL_ALL=1`` adds chapters 04-06 (minutes each on a CPU).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+PEOPLE = "2"
+
+if not os.environ.get("CI"):  # under CI (.ci/run) a missing bitsandbytes fails instead: it is in the test extra
+    pytest.importorskip("bitsandbytes")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """The rehearsal's hub cache and the environment a Colab session would have (offline, static figures)."""
+    from manu_lite.rehearsal import write_rehearsal_hub
+
+    # $MANU_LITE_REHEARSAL_HOME reuses a cache between runs (write_rehearsal_hub keeps a complete one).
+    home = Path(os.environ.get("MANU_LITE_REHEARSAL_HOME") or tmp_path_factory.mktemp("hf-home"))
+    cache = write_rehearsal_hub(home)
+    env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "MANU_LITE_CACHE": str(tmp_path_factory.mktemp("manu-cache")), "MANU_LITE_STATIC": "1",
+           "MANU_LITE_PEOPLE": PEOPLE, "MANU_PROFILE": ""}
+    return home, cache, env
+
+
+def _in_a_fresh_process(code: str, env: dict) -> None:
+    """Run ``code`` in a new interpreter with ``env``: huggingface_hub reads HF_HOME/HF_HUB_CACHE when first
+    imported, which in a test session may have happened long before (as a Colab kernel starts fresh)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_the_cache_holds_the_hub_ids_offline(rehearsal):
+    """Step 4 of the walk-through (the model and the bench by their hub names): resolved by name, offline."""
+    _in_a_fresh_process("""
+from PIL import Image
+from transformers import AutoConfig, AutoProcessor
+from manu_lite.rehearsal import IDEFICS2_ID, LLAVA_15_CHAT_TEMPLATE, LLAVA_ID
+
+config = AutoConfig.from_pretrained(LLAVA_ID)
+assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-2, "default")
+assert (config.vision_config.image_size, config.vision_config.patch_size) == (336, 14)
+processor = AutoProcessor.from_pretrained(LLAVA_ID)
+assert processor.chat_template == LLAVA_15_CHAT_TEMPLATE
+assert processor.image_processor.crop_size == {"height": 336, "width": 336}
+batch = processor(images=Image.new("RGB", (512, 512)), text="USER: <image>\\nWho? ASSISTANT:", return_tensors="pt")
+assert int((batch["input_ids"] == config.image_token_index).sum()) == 576  # (336 / 14)^2 image tokens
+assert AutoConfig.from_pretrained(IDEFICS2_ID).model_type == "idefics2"
+""", rehearsal[2])
+
+
+def test_idefics2_rehearsal_loads_in_4bit_and_runs(rehearsal):
+    """The full profile's second model: loaded by its hub name in 4-bit on the CPU, one forward pass."""
+    _in_a_fresh_process("""
+import torch
+from PIL import Image
+from manu_lite.models import Item, encode, load_mllm
+from manu_lite.rehearsal import IDEFICS2_ID
+from manu_lite.sites import find_sites
+
+model, processor, adapter = load_mllm(IDEFICS2_ID, load_in_4bit=True, dtype="float32")
+assert type(model.model.text_model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+items = [Item("Who is this?", "image_text", Image.new("RGB", (300, 200), (200, 90, 90)), "Aurora Vale")]
+batch = encode(processor, adapter, items)
+with torch.no_grad():
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+assert torch.isfinite(logits).all()
+assert {s.tower for s in find_sites(model)} == {"language", "vision"}
+""", rehearsal[2])
+
+
+def _execute(name: str, env: dict, monkeypatch, timeout: int = 600):
+    """Run one notebook as a Colab user would: the parameters cell says ``PROFILE = "colab"``, then every cell."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, f"{name} has {len(parameters)} parameters cells"
+    parameters[0].source = 'PROFILE = "colab"'
+    if name.startswith("06"):  # MMMU (MMMU/MMMU through datasets) has no copy in the rehearsal's cache: not rehearsed
+        at = next(i for i, c in enumerate(notebook.cells) if c.source.startswith("MODELS = ") or
+                  "\nMMMU_SOURCE = " in c.source)
+        notebook.cells.insert(at + 1, nbformat.v4.new_code_cell("MMMU_SOURCE = None  # rehearsal: MMMU not cached"))
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    if os.environ.get("MANU_LITE_REHEARSAL_OUT"):  # keep the executed notebook (its printed times) for a look
+        out = Path(os.environ["MANU_LITE_REHEARSAL_OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, out / name)
+    return notebook
+
+
+def _text(notebook) -> str:
+    return "\n".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
+                     for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+# CI runs chapter 03 (about a minute of CPU); 04-06 evaluate every set several times over and cost minutes each on
+# the CPU (04: 923 s wall, ~5 min of CPU, on the shared 2-core machine), past the CI budget: they run when
+# MANU_LITE_REHEARSAL_ALL=1 (measured in the issue notes).
+_ALL = pytest.mark.skipif(not os.environ.get("MANU_LITE_REHEARSAL_ALL"),
+                          reason="chapters 04-06 of the rehearsal run with MANU_LITE_REHEARSAL_ALL=1 (minutes each)")
+
+
+@pytest.mark.parametrize("name", ["03_importance.ipynb", pytest.param("04_pruning.ipynb", marks=_ALL),
+                                  pytest.param("05_evaluation_and_baselines.ipynb", marks=_ALL),
+                                  pytest.param("06_full_benchmark_gpu.ipynb", marks=_ALL)])
+def test_notebook_runs_on_the_colab_path(rehearsal, monkeypatch, name):
+    """Steps 3-6 of the walk-through: the chapter runs end to end on the colab profile and leaves its outputs."""
+    home, cache, env = rehearsal
+    notebook = _execute(name, env, monkeypatch)
+    text = _text(notebook)
+    assert "colab" in text, text[:2000]  # every chapter prints its profile first
+    work = Path(env["MANU_LITE_CACHE"]) / "book"
+    expected = {"04_pruning.ipynb": [work / "masks", work / "figures" / "04_before_after.png"],
+                "05_evaluation_and_baselines.ipynb": [work / "compare" / "colab"],
+                "06_full_benchmark_gpu.ipynb": [work / "gpu" / "colab"]}.get(name, [])
+    for path in expected:
+        assert path.exists() and (path.is_file() or any(path.iterdir())), f"{name} left no {path}"
+    if name == "04_pruning.ipynb":  # MANU's default prune_mode="auto" chose activation masks for the 4-bit weights
+        from manu_lite.prune import NeuronMask
+
+        masks = [NeuronMask.load(p) for p in (work / "masks").iterdir()]
+        assert masks and all(m.mode == "activation" and len(m) > 0 for m in masks)
