@@ -121,6 +121,7 @@ def worker(args) -> dict:
             "forget", "retain", "test", "celebrity", "forget_train", "retain_train")})
         result["after_decode_gb"] = (rss() - model_rss) / GB
         sites = candidate_sites(model, config.towers)
+        largest = max(len(training_items(rs, (r,))) for rs in (world.forget_train, world.retain_train) for r in RENDERINGS)
         result["items"] = encoded_items = 0
         for records in (world.forget_train, world.retain_train):
             for rendering in RENDERINGS:
@@ -130,10 +131,13 @@ def worker(args) -> dict:
                 for item in items:
                     encoded.append(encode_item(processor, adapter, item))
                     if rss() - model_rss > args.eager_cap_gb * GB:
+                        # Projected: the decoded world plus the largest (dataset, rendering) group encoded at
+                        # the first item's size (pixel_values dominate), not a measurement.
+                        item = sum(t.nbytes for t in encoded[0].values())
                         result["stopped"] = {"rendering": rendering, "encoded": len(encoded), "of": len(items),
-                                             "held_gb": (rss() - model_rss) / GB,
-                                             "projected_gb": (base - model_rss + (rss() - base) * len(items)
-                                                              / len(encoded)) / GB}
+                                             "held_gb": (rss() - model_rss) / GB, "item_mb": item / 2 ** 20,
+                                             "largest_group": largest,
+                                             "projected_gb": (base - model_rss + item * largest) / GB}
                         break
                 if "stopped" in result:
                     break
@@ -197,7 +201,8 @@ def main() -> None:
         if "stopped" in r:
             s = r["stopped"]
             note = (f"stopped at {s['encoded']}/{s['of']} {s['rendering']} items holding {s['held_gb']:.2f} GB; "
-                    f"projected {s['projected_gb']:.1f} GB")
+                    f"+ {s['largest_group']} items x {s['item_mb']:.2f} MB encoded: {s['projected_gb']:.1f} GB "
+                    "(projected)")
         print(f"{r['profiles']:>8} {r['mode']:>6} {r['model_rss_gb']:>8.2f} {r['peak_above_model_gb']:>20.2f} "
               f"{r['items']:>6} {r['seconds']:>6.0f}  {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
