@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
     "stats": ["tests/test_importance.py", "tests/test_meaning_selection.py", "tests/test_meaning_eval.py",
               "tests/test_hooks.py"],
-    "importance": ["tests/test_importance.py", "tests/test_meaning_selection.py"],
+    "importance": ["tests/test_importance.py", "tests/test_meaning_selection.py", "tests/test_meaning_importance.py"],
     "prune": ["tests/test_prune.py", "tests/test_meaning_prune_biases.py", "tests/test_meaning_prune.py"],
     "hooks": ["tests/test_hooks.py", "tests/test_meaning_eval.py", "tests/test_meaning_selection.py",
               "tests/test_meaning_hooks.py"],
