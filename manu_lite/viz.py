@@ -33,10 +33,8 @@ DPI = 100
 
 
 def style(set_name: str | None = None, rendering: str | None = None) -> dict:
-    """Matplotlib keyword arguments of the book's colour rule for a series of ``set_name`` in ``rendering``.
-
-    Line plots use ``color``, ``linestyle``, ``marker``, ``markerfacecolor``; bars use ``color``, ``hatch``,
-    ``edgecolor`` (take the ones the plot call accepts with :func:`bar_style`)."""
+    """Matplotlib keyword arguments of the book's colour rule for a series of ``set_name`` in ``rendering``;
+    :func:`line_style` and :func:`bar_style` keep the ones ``ax.plot`` and ``ax.bar`` accept."""
     colour = SET_COLOURS.get(set_name) if set_name else RENDERING_COLOURS.get(rendering, "#555555")
     text_only = rendering == "text_only"
     return {"color": colour, "linestyle": "--" if text_only else "-", "marker": "s" if text_only else "o",
@@ -61,8 +59,8 @@ def glue(name: str, value) -> None:
         from myst_nb import glue as _glue
     except ImportError:
         return
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy/torch scalars: a plain float or int,
-        value = value.item()  # whose text form the {glue:text} format spec can read (not 'np.float64(...)')
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy/torch scalar: the format spec cannot
+        value = value.item()                                          # read 'np.float64(...)', so a plain number
     _glue(name, _Text(value) if isinstance(value, str) else value, display=False)
 
 
