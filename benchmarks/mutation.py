@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Module -> the test files that exercise it (fast ones first; the meaning tests of issue 19 included).
 TESTS = {
     "stats": ["tests/test_importance.py", "tests/test_meaning_selection.py", "tests/test_meaning_eval.py",
-              "tests/test_hooks.py"],
+              "tests/test_hooks.py", "tests/test_meaning_stats.py"],
     "importance": ["tests/test_importance.py", "tests/test_meaning_selection.py", "tests/test_meaning_importance.py"],
     "prune": ["tests/test_prune.py", "tests/test_meaning_prune_biases.py", "tests/test_meaning_prune.py"],
     "hooks": ["tests/test_hooks.py", "tests/test_meaning_eval.py", "tests/test_meaning_selection.py",
