@@ -49,7 +49,7 @@ TESTS = {
     "sites": ["tests/test_hooks.py", "tests/test_architectures.py", "tests/test_importance.py",
               "tests/test_meaning_sites.py"],
     "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py", "tests/test_meaning_evaluate.py"],
-    "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py"],
+    "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py", "tests/test_meaning_losses.py"],
 }
 
 
