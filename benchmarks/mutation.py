@@ -48,7 +48,8 @@ TESTS = {
               "tests/test_meaning_hooks.py"],
     "sites": ["tests/test_hooks.py", "tests/test_architectures.py", "tests/test_importance.py",
               "tests/test_meaning_sites.py"],
-    "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py", "tests/test_meaning_evaluate.py"],
+    "evaluate": ["tests/test_evaluate.py", "tests/test_meaning_eval.py", "tests/test_meaning_evaluate.py",
+                 "tests/test_protocol.py"],
     "baselines": ["tests/test_baselines.py", "tests/test_meaning_baselines.py", "tests/test_meaning_losses.py"],
 }
 
