@@ -10,9 +10,8 @@
   benchmark's Idefics2-8B (Mistral text, SigLIP-style vision, a perceiver resampler with 64 latents), cut down;
 - ``MLLMMU/MLLMU-Bench`` (dataset, at :data:`manu_lite.bench.HUB_REVISION`): the synthetic benchmark of
   :func:`manu_lite.synthetic.make_synthetic_bench` in the hub's layout, every config, portraits of
-  :data:`BENCH_IMAGE_SIZE` px, ``Test_Set`` with transformed portraits, at the sizes the generator can draw
-  (:data:`BENCH_PROFILES` profiles, :data:`BENCH_CELEBRITIES` celebrities; the real 500/153 are
-  :data:`REAL_PROFILES`/:data:`REAL_CELEBRITIES`).
+  :data:`BENCH_IMAGE_SIZE` px (JPEG with grain), ``Test_Set`` with transformed portraits, at the real sizes
+  (:data:`BENCH_PROFILES` profiles, :data:`BENCH_CELEBRITIES` celebrities).
 
 Each model gets a small Llama-style tokenizer (byte-fallback BPE, ``<s>``/``</s>``/``<unk>``), trained here on
 the bench's own text, with ``<image>`` and ``<pad>`` appended after the base vocabulary as in LLaVA-1.5 (ids 32000
@@ -30,19 +29,16 @@ from pathlib import Path
 import torch
 
 from .bench import CONFIGS, HUB_REVISION
-from .synthetic import CELEBRITY_NAMES, make_synthetic_bench
+from .synthetic import make_synthetic_bench
 
 LLAVA_ID = "MLLMMU/LLaVA_Vanilla"
 IDEFICS2_ID = "MLLMMU/Idefics2_Vanilla"
 BENCH_ID = "MLLMMU/MLLMU-Bench"
-# MLLMU-Bench's sizes: 500 fictitious profiles, 153 celebrities. The synthetic generator cannot reach them yet: it
-# draws at most ~120 portraits that differ in MIN_LOOK_DISTANCE coarse attributes and names len(CELEBRITY_NAMES)
-# (24) celebrities, so the rehearsal's defaults are what it can draw. write_rehearsal_hub(profiles=REAL_PROFILES,
-# celebrities=REAL_CELEBRITIES) raises the generator's own error until it can.
-REAL_PROFILES, REAL_CELEBRITIES = 500, 153
-BENCH_PROFILES = 100
-BENCH_CELEBRITIES = min(REAL_CELEBRITIES, len(CELEBRITY_NAMES))
-BENCH_IMAGE_SIZE = 512  # an assumption (square portraits), not read from the hub's parquet
+# MLLMU-Bench's sizes: 500 fictitious profiles, 153 celebrities (min_look_distance=1: that many portraits cannot all
+# be three attributes apart). Portraits: 1024-px JPEG with grain, which benchmarks/bench_host_memory.py sized to the
+# hub's weight per image (~0.45 MB; retain_95 holds 226 MB for 475 rows); the hub's own pixel size is not checked.
+BENCH_PROFILES, BENCH_CELEBRITIES = 500, 153
+BENCH_IMAGE_SIZE, BENCH_GRAIN = 1024, 12.0
 
 # llava-hf/llava-1.5-7b-hf config.json as published (transformers 4.36); the text sizes are LlamaConfig's defaults,
 # which that file relies on (Vicuna-7B v1.5: hidden 4096, MLP 11008, 32 layers, 32 heads).
@@ -229,7 +225,8 @@ def write_rehearsal_hub(hf_home: str | Path, *, profiles: int = BENCH_PROFILES,
     if stamp.exists() and json.loads(stamp.read_text()) == arguments:
         return cache
     bench = hub_snapshot(cache, BENCH_ID, "dataset", commit=HUB_REVISION)
-    make_synthetic_bench(bench, n_profiles=profiles, n_celebrities=celebrities, seed=seed, image_size=image_size)
+    make_synthetic_bench(bench, n_profiles=profiles, n_celebrities=celebrities, seed=seed, image_size=image_size,
+                         image_format="JPEG", grain=BENCH_GRAIN, min_look_distance=1)
     missing = [c for c in CONFIGS if not (bench / c).is_dir()]
     if missing:
         raise RuntimeError(f"the synthetic bench lacks config(s) {missing}; the hub has {list(CONFIGS)}")

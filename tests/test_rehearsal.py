@@ -32,7 +32,9 @@ def rehearsal(tmp_path_factory):
 
     # $MANU_LITE_REHEARSAL_HOME reuses a cache between runs (write_rehearsal_hub keeps a complete one).
     home = Path(os.environ.get("MANU_LITE_REHEARSAL_HOME") or tmp_path_factory.mktemp("hf-home"))
-    cache = write_rehearsal_hub(home)
+    # The module's defaults are MLLMU-Bench's sizes (500 profiles, 153 celebrities, 1024-px portraits), minutes of
+    # drawing and JPEG encoding; the test writes a fifth of the people at 512 px (every config, the same layout).
+    cache = write_rehearsal_hub(home, profiles=100, celebrities=24, image_size=512)
     env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "MANU_LITE_CACHE": str(tmp_path_factory.mktemp("manu-cache")), "MANU_LITE_STATIC": "1",
            "MANU_LITE_PEOPLE": PEOPLE, "MANU_PROFILE": ""}
