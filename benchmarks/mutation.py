@@ -394,7 +394,9 @@ def main(argv=None) -> list[dict]:
             tool = "mutmut"
         except ImportError:
             tool = "ast"
-    rev = None if args.rev == "worktree" else args.rev
+    # one commit for every module, named in each report (HEAD moves while a long run goes on)
+    rev = None if args.rev == "worktree" else subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT,
+                                                             capture_output=True, text=True, check=True).stdout.strip()
     if args.named_bugs is not None:
         workdir = args.workdir / "named-bugs" if args.workdir else Path(tempfile.mkdtemp(prefix="named-bugs-"))
         rows = run_named_bugs(workdir, rev, args.named_bugs)
@@ -424,8 +426,7 @@ def main(argv=None) -> list[dict]:
             report = run_ast(module, tests, workdir, args.limit, args.timeout, rev)
         report["wall_s"] = round(time.perf_counter() - start)
         report["tests"] = tests
-        report["rev"] = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip() if rev else "worktree"
+        report["rev"] = rev or "worktree"
         print(f"{summary(report)}; tests {' '.join(tests)}; at {report['rev']}; {report['wall_s']} s")
         for line in report["survivors"]:
             print(f"  survived: {line}")
