@@ -44,14 +44,21 @@ FACT_TEMPLATES = {
              "This person's name is __."),
     "birthplace": ("Where was this person born?", "This person was born in {}.", "In which city was this person born?",
                    "This person was born in __."),
-    "occupation": ("What does this person do for a living?", "This person works as a {}.",
-                   "What is this person's occupation?", "This person works as a __."),
+    "occupation": ("What does this person do for a living?", "This person works as {}.",
+                   "What is this person's occupation?", "This person's occupation is __."),
     "birth_year": ("When was this person born?", "This person was born in the year {}.",
                    "In which year was this person born?", "This person was born in the year __."),
     "hobby": ("What does this person enjoy in their free time?", "In their free time, this person enjoys {}.",
               "What is this person's favourite hobby?", "In their free time, this person enjoys __."),
 }
 FACT_POOLS = {"birthplace": CITIES, "occupation": OCCUPATIONS, "birth_year": YEARS, "hobby": HOBBIES}
+
+
+def phrase(fact: str, value) -> str:
+    """How ``value`` reads in a sentence: an occupation takes its article ("an architect", "a geologist")."""
+    if fact == "occupation":
+        return f"{'an' if str(value)[0].lower() in 'aeiou' else 'a'} {value}"
+    return str(value)
 
 PALETTE = {
     "background": [(70, 130, 180), (240, 200, 80), (120, 190, 120), (200, 90, 90), (160, 120, 200),
@@ -172,7 +179,8 @@ def _questions(person: Person, pools: dict[str, tuple[str, ...]], rng: random.Ra
             kind = "Image_Textual" if rendering == "image_text" else "Pure_Text"
             classification[CLASSIFICATION_KEYS[rendering]].append(
                 {"Question": text(mc_q), "Options": dict(zip(OPTION_LETTERS, options)), "Correct_Answer": letter})
-            generation.append({"Question": text(gen_q), "Ground_Truth": text(gen_a.format(value)), "Type": kind})
+            generation.append({"Question": text(gen_q), "Ground_Truth": text(gen_a.format(phrase(fact, value))),
+                               "Type": kind})
             cloze.append({"Question": text(cloze_s), "Ground_Truth": value, "Type": kind})
     return {"Classification_Task": classification, "Generation_Task": generation, "Mask_Task": cloze}
 
@@ -182,7 +190,7 @@ def _training_pairs(person: Person) -> list[dict]:
     pairs = []
     for fact, (gen_q, gen_a, mc_q, cloze_s) in FACT_TEMPLATES.items():
         value = person.facts[fact]
-        pairs += [{"ID": person.id, "Question": gen_q, "Answer": gen_a.format(value)},
+        pairs += [{"ID": person.id, "Question": gen_q, "Answer": gen_a.format(phrase(fact, value))},
                   {"ID": person.id, "Question": mc_q, "Answer": value},
                   {"ID": person.id, "Question": cloze_s, "Answer": value}]
     return pairs
@@ -190,8 +198,8 @@ def _training_pairs(person: Person) -> list[dict]:
 
 def _biography(person: Person) -> str:
     f = person.facts
-    return (f"{person.name} was born in {f['birthplace']} in {f['birth_year']}. {person.name} works as a "
-            f"{f['occupation']} and enjoys {f['hobby']}.")
+    return (f"{person.name} was born in {f['birthplace']} in {f['birth_year']}. {person.name} works as "
+            f"{phrase('occupation', f['occupation'])} and enjoys {f['hobby']}.")
 
 
 def _encoded(image: Image.Image, image_format: str = "PNG", grain: float = 0.0, seed: int = 0) -> dict:
