@@ -84,6 +84,26 @@ def test_test_set_is_scored_on_one_of_the_transformed_images(small_world, small_
     assert {id(i.image) for call in calls for i in call} <= {id(r.image) for r in small_world.forget}
 
 
+@pytest.mark.parametrize("task", ["generation", "mc"])  # Test_Set rows have no cloze questions
+def test_mllmu_test_set_is_scored_on_the_drawn_transformed_image(small_world, small_vanilla, monkeypatch, task):
+    # The benchmark draws one transformed image per Test_Set row and task; the original portrait is never scored.
+    model, processor, _ = small_vanilla
+    records = small_world.test
+    calls = _capture_generate(monkeypatch)
+    meta = {"draws": {}, "dropped_shots": {}, "prompts": []}
+    config = EvalConfig(mc_protocol="mllmu", tasks=(task,), few_shot=0)
+    evaluate_module.evaluate_set_mllmu(model, processor, records, "test", "image_text", config,
+                                       {r.id: r for r in small_world.forget}, meta)
+    drawn = meta["draws"][f"test/image_text/{task}"]["test_image_index"]
+    assert set(drawn) == {r.id for r in records}
+    items = [i for call in calls for i in call]
+    assert items
+    for item in items:
+        owner = [r for r in records if any(item.image is im for im in r.images)]
+        assert len(owner) == 1 and item.image is not owner[0].image, "not one of the row's transformed images"
+        assert item.image is owner[0].images[drawn[owner[0].id]], "not the image the run manifest records"
+
+
 def test_correct_answer_naming_a_null_option_is_refused(tmp_path):
     row = eval_row()
     question = row["Classification_Task"]["Image_Textual_Questions"][0]
