@@ -106,12 +106,14 @@ def test_retain_model_same_steps_and_cached(small_world, small_vanilla, small_re
     import json
 
     from conftest import SMALL_EPOCHS
-    from manu_lite.finetune import TrainConfig, training_items, vanilla_records
+    from manu_lite.finetune import TrainConfig, model_cache_path, training_items, vanilla_records
     from manu_lite.models import iter_batches
 
     entries = {p.name: json.loads((p / "manu_lite_done.json").read_text()) for p in model_cache.glob("tiny-llava-*")}
-    retain = [v for k, v in entries.items() if "retain" in k]
-    assert len(retain) == 1
+    # This world's retain entry (other tests cache other retain models in the same session cache).
+    path = model_cache_path(small_world, config=TrainConfig(epochs=SMALL_EPOCHS), retain=True)
+    assert path.name in entries
+    retain = [entries[path.name]]
     # The small vanilla's steps, counted independently (other tests cache other vanilla models in the same cache).
     config = TrainConfig(epochs=SMALL_EPOCHS)
     items = training_items(vanilla_records(small_world), config.renderings)
