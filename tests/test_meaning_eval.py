@@ -84,7 +84,8 @@ def test_test_set_is_scored_on_one_of_the_transformed_images(small_world, small_
     assert {id(i.image) for call in calls for i in call} <= {id(r.image) for r in small_world.forget}
 
 
-@pytest.mark.parametrize("task", ["generation", "mc"])  # Test_Set rows have no cloze questions
+# Not cloze: its two few-shot profiles are drawn from the scored set, i.e. both of small_world's Test_Set people.
+@pytest.mark.parametrize("task", ["generation", "mc"])
 def test_mllmu_test_set_is_scored_on_the_drawn_transformed_image(small_world, small_vanilla, monkeypatch, task):
     # The benchmark draws one transformed image per Test_Set row and task; the original portrait is never scored.
     model, processor, _ = small_vanilla
