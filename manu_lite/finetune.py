@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,8 +74,11 @@ def add_lora(model, r: int):
     # LoRA on the language model's linear layers only, as the benchmark's fine-tune does.
     targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
                and "lm_head" not in name and "vision" not in name and "projector" not in name]
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.05, target_modules=targets,
-                                            init_lora_weights="gaussian"))
+    with warnings.catch_warnings():
+        # peft reads transformers 5's deprecated `is_gradient_checkpointing`: their warning, nothing the user can fix.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.05, target_modules=targets,
+                                                init_lora_weights="gaussian"))
 
 
 def train(model, processor, adapter: PromptAdapter, items: list[Item], config: TrainConfig, progress: bool = True,
