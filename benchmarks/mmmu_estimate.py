@@ -24,7 +24,6 @@ not known here). The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -35,35 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def write_fixture(root: Path, n_questions: int, images_per_question: list[int], size: int = 336) -> Path:
-    """``<root>/Math/validation-00000-of-00001.parquet``: alternating multiple-choice and open questions."""
-    import datasets
-    from PIL import Image
-
-    def png(k):
-        buffer = io.BytesIO()
-        Image.new("RGB", (size, size), (40 * k % 255, 90, 160)).save(buffer, format="PNG")
-        return {"bytes": buffer.getvalue(), "path": None}
-
-    rows = []
-    for i in range(n_questions):
-        m = images_per_question[i % len(images_per_question)]
-        mention = " and ".join(f"<image {k}>" for k in range(1, m + 1))
-        mc = i % 2 == 0
-        rows.append({"id": f"validation_Math_{i + 1}", "question": f"Look at {mention}. What is the value of x?",
-                     "options": "['1', '2', '3', '4']" if mc else "[]", "answer": "B" if mc else "2",
-                     "question_type": "multiple-choice" if mc else "open", "subfield": "Algebra",
-                     "img_type": "['Diagrams']", **{f"image_{k}": png(k) if k <= m else None for k in range(1, 8)}})
-    text = [name for name in rows[0] if not name.startswith("image_")]
-    features = datasets.Features({**{name: datasets.Value("string") for name in text},
-                                  **{f"image_{k}": datasets.Image() for k in range(1, 8)}})
-    (root / "Math").mkdir(parents=True, exist_ok=True)
-    columns = {name: [r[name] for r in rows] for name in features}
-    path = root / "Math" / "validation-00000-of-00001.parquet"
-    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(path))
-    return root
 
 
 def main(argv=None) -> dict:
@@ -85,12 +55,13 @@ def main(argv=None) -> dict:
 
     from manu_lite import mmmu
     from manu_lite.models import build_tiny
+    from manu_lite.rehearsal import write_mmmu_like
 
     datasets.disable_progress_bars()
     torch.manual_seed(0)
     images = [int(x) for x in args.images.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_fixture(Path(tmp) / "mmmu", args.questions, images)
+        root = write_mmmu_like(Path(tmp) / "mmmu", ("Math",), args.questions, images)
         data = mmmu.load_mmmu(str(root), cache_dir=str(Path(tmp) / "cache"))
         corpus = ["Look at the image. What is the value of x?\nAnswer with the option's letter directly."] * 20
         model, processor, adapter = build_tiny(corpus)

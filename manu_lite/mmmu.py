@@ -96,20 +96,34 @@ def _decode(value, qid: str, k: int) -> Image.Image:
                           "store images as the datasets Image feature (a struct of bytes and path)")
 
 
-def _load_table(source: str, subject: str, split: str, cache_dir):
+def _subject_files(source: str, subject: str, split: str, revision: str) -> list[str]:
+    """The parquet files of one subject's split: from a local directory in the hub layout
+    (``<dir>/<Subject>/<split>-*.parquet``, a clone of the hub repository included), or from the hub id
+    ``source`` at ``revision`` through the Hugging Face hub cache (``snapshot_download``), which is what lets a
+    cache filled once, or the CPU rehearsal's (:mod:`manu_lite.rehearsal`), be read with ``HF_HUB_OFFLINE=1``."""
+    if not os.path.isdir(source):
+        try:
+            from huggingface_hub import snapshot_download
+
+            source = snapshot_download(source, repo_type="dataset", revision=revision,
+                                       allow_patterns=[f"{subject}/{split}-*"])
+        except Exception as exc:
+            raise MMMUSchemaError(f"could not load MMMU subject {subject!r} from {source!r} at revision {revision} "
+                                  f"({type(exc).__name__}: {exc}); offline? Download it once with network access "
+                                  f"(load_mmmu({source!r}, [{subject!r}])) or pass a local copy in the hub layout "
+                                  f"(<dir>/{subject}/{split}-00000-of-00001.parquet)") from exc
+    files = sorted(glob.glob(os.path.join(source, subject, f"{split}-*.parquet")))
+    if not files:
+        raise MMMUSchemaError(f"no {split} parquet for subject {subject!r} in {source}; fix: lay a local copy "
+                              f"out like the hub: <dir>/{subject}/{split}-00000-of-00001.parquet")
+    return files
+
+
+def _load_table(source: str, subject: str, split: str, cache_dir, revision: str):
     import datasets
 
-    try:
-        if os.path.isdir(source) and not os.path.exists(os.path.join(source, "README.md")):
-            files = sorted(glob.glob(os.path.join(source, subject, f"{split}-*.parquet")))
-            if not files:
-                raise MMMUSchemaError(f"no {split} parquet for subject {subject!r} in {source}; fix: lay a local copy "
-                                      f"out like the hub: <dir>/{subject}/{split}-00000-of-00001.parquet")
-            return datasets.load_dataset("parquet", data_files={split: files}, split=split, cache_dir=cache_dir)
-        return datasets.load_dataset(source, subject, split=split, cache_dir=cache_dir)
-    except (FileNotFoundError, ConnectionError) as exc:
-        raise MMMUSchemaError(f"could not load MMMU subject {subject!r} from {source!r} ({exc}); offline? Download "
-                              f"it once (load_dataset('MMMU/MMMU', {subject!r})) or pass a local copy") from exc
+    files = _subject_files(source, subject, split, revision)
+    return datasets.load_dataset("parquet", data_files={split: files}, split=split, cache_dir=cache_dir)
 
 
 def _literal(text: str):  # construct_prompt eval()s the options string; a literal parse runs no code
@@ -152,8 +166,9 @@ def _parse_row(row: dict, subject: str, i: int) -> MMMUQuestion:
 
 
 def load_mmmu(source: str = "MMMU/MMMU", subjects=None, split: str = "validation", limit: int | None = None,
-              seed: int = 42, cache_dir=None) -> MMMUData:
-    """Read MMMU through ``datasets``: the hub name or a local directory in the hub layout. ``subjects``:
+              seed: int = 42, cache_dir=None, revision: str = "main") -> MMMUData:
+    """Read MMMU through ``datasets``: the hub id (at ``revision``, through the hub cache) or a local directory in
+    the hub layout. ``subjects``:
     default all 30 (for a local directory, the subject folders it has). ``limit``: at most this many questions
     per subject, a seeded sample kept in table order (Colab budgets)."""
     if subjects is None:
@@ -167,7 +182,7 @@ def load_mmmu(source: str = "MMMU/MMMU", subjects=None, split: str = "validation
 
     data = MMMUData([])
     for subject in subjects:
-        table = _load_table(source, subject, split, cache_dir)
+        table = _load_table(source, subject, split, cache_dir, revision)
         missing = [c for c in REQUIRED if c not in table.column_names]
         if missing:
             raise MMMUSchemaError(f"MMMU {subject}: no column(s) {missing} (has {table.column_names}); fix: follow "

@@ -11,7 +11,10 @@
 - ``MLLMMU/MLLMU-Bench`` (dataset, at :data:`manu_lite.bench.HUB_REVISION`): the synthetic benchmark of
   :func:`manu_lite.synthetic.make_synthetic_bench` in the hub's layout, every config, portraits of
   :data:`BENCH_IMAGE_SIZE` px (JPEG with grain), ``Test_Set`` with transformed portraits, at the real sizes
-  (:data:`BENCH_PROFILES` profiles, :data:`BENCH_CELEBRITIES` celebrities).
+  (:data:`BENCH_PROFILES` profiles, :data:`BENCH_CELEBRITIES` celebrities);
+- ``MMMU/MMMU`` (dataset): the colab profile's MMMU subjects (:data:`MMMU_SUBJECTS`) in MMMU's schema and hub
+  layout (``<Subject>/validation-00000-of-00001.parquet``), a few made-up questions each
+  (:func:`write_mmmu_like`), so chapter 06 reads MMMU by its hub id as on Colab.
 
 Each model gets a small Llama-style tokenizer (byte-fallback BPE, ``<s>``/``</s>``/``<unk>``), trained here on
 the bench's own text, with ``<image>`` and ``<pad>`` appended after the base vocabulary as in LLaVA-1.5 (ids 32000
@@ -34,6 +37,10 @@ from .synthetic import make_synthetic_bench
 LLAVA_ID = "MLLMMU/LLaVA_Vanilla"
 IDEFICS2_ID = "MLLMMU/Idefics2_Vanilla"
 BENCH_ID = "MLLMMU/MLLMU-Bench"
+MMMU_ID = "MMMU/MMMU"
+# Chapter 06's colab subset of MMMU (its MMMU_PLAN); questions per subject in the rehearsal's copy.
+MMMU_SUBJECTS = ("Art", "Biology", "Computer_Science", "Economics", "Math", "Physics")
+MMMU_QUESTIONS = 4
 # MLLMU-Bench's sizes: 500 fictitious profiles, 153 celebrities (min_look_distance=1: that many portraits cannot all
 # be three attributes apart). Portraits: 1024-px JPEG with grain, which benchmarks/bench_host_memory.py sized to the
 # hub's weight per image (~0.45 MB; retain_95 holds 226 MB for 475 rows); the hub's own pixel size is not checked.
@@ -212,16 +219,18 @@ def idefics2_rehearsal(corpus: list[str], seed: int = 0):
 def write_rehearsal_hub(hf_home: str | Path, *, profiles: int = BENCH_PROFILES,
                         celebrities: int = BENCH_CELEBRITIES, image_size: int = BENCH_IMAGE_SIZE,
                         seed: int = 0) -> Path:
-    """Write the rehearsal (both models and the bench) into ``hf_home/hub`` and return that hub cache.
+    """Write the rehearsal (both models, the bench and MMMU's colab subjects) into ``hf_home/hub`` and return that
+    hub cache.
 
     Use it with ``HF_HOME=hf_home`` (or ``HF_HUB_CACHE=<returned path>``) and ``HF_HUB_OFFLINE=1``: then
-    ``from_pretrained("MLLMMU/LLaVA_Vanilla")`` and ``load_world("MLLMMU/MLLMU-Bench")`` read it. A complete
+    ``from_pretrained("MLLMMU/LLaVA_Vanilla")``, ``load_world("MLLMMU/MLLMU-Bench")`` and ``load_mmmu("MMMU/MMMU")``
+    read it. A complete
     earlier cache (same arguments) is reused as it is.
     """
     cache = Path(hf_home) / "hub"
     stamp = cache / "manu_lite_rehearsal.json"
     arguments = {"profiles": profiles, "celebrities": celebrities, "image_size": image_size, "seed": seed,
-                 "revision": HUB_REVISION}
+                 "revision": HUB_REVISION, "mmmu": [list(MMMU_SUBJECTS), MMMU_QUESTIONS]}
     if stamp.exists() and json.loads(stamp.read_text()) == arguments:
         return cache
     bench = hub_snapshot(cache, BENCH_ID, "dataset", commit=HUB_REVISION)
@@ -236,8 +245,55 @@ def write_rehearsal_hub(hf_home: str | Path, *, profiles: int = BENCH_PROFILES,
         snapshot = hub_snapshot(cache, repo_id)
         model.save_pretrained(snapshot)
         processor.save_pretrained(snapshot)
+    write_mmmu_like(hub_snapshot(cache, MMMU_ID, "dataset"), MMMU_SUBJECTS, MMMU_QUESTIONS, seed=seed)
     stamp.write_text(json.dumps(arguments))
     return cache
+
+
+def write_mmmu_like(root: str | Path, subjects=MMMU_SUBJECTS, questions: int = MMMU_QUESTIONS,
+                    images_per_question=(1, 2, 3), image_size: int = 336, seed: int = 0) -> Path:
+    """Made-up MMMU validation questions in MMMU's schema and hub layout:
+    ``<root>/<Subject>/validation-00000-of-00001.parquet`` with MMMU's features (``id, question, options, explanation,
+    image_1..image_7, img_type, answer, topic_difficulty, question_type, subfield``; images as the ``datasets``
+    Image feature, unused ones null). Questions alternate multiple choice (options as the string of a Python list,
+    a letter answer) and open (a list of accepted answers), with ``images_per_question`` cycled and cited as
+    ``<image k>``. Seeded: the same arguments write the same files."""
+    import io
+    import random
+
+    import datasets
+    from PIL import Image
+
+    rng = random.Random(seed)
+
+    def png():
+        buffer = io.BytesIO()
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        Image.new("RGB", (image_size, image_size), colour).save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    text = ("id", "question", "options", "explanation")
+    features = datasets.Features({**{name: datasets.Value("string") for name in text},
+                                  **{f"image_{k}": datasets.Image() for k in range(1, 8)},
+                                  **{name: datasets.Value("string") for name in
+                                     ("img_type", "answer", "topic_difficulty", "question_type", "subfield")}})
+    root = Path(root)
+    for subject in subjects:
+        rows = []
+        for i in range(questions):
+            m, mc = images_per_question[i % len(images_per_question)], i % 2 == 0
+            mention = " and ".join(f"<image {k}>" for k in range(1, m + 1))
+            value = rng.randrange(1, 5)
+            rows.append({"id": f"validation_{subject}_{i + 1}", "question": f"Look at {mention}. What is the value of x?",
+                         "options": "['1', '2', '3', '4']" if mc else "[]", "explanation": "",
+                         "img_type": "['Diagrams']", "answer": "ABCD"[value - 1] if mc else f"['{value}']",
+                         "topic_difficulty": "Easy", "question_type": "multiple-choice" if mc else "open",
+                         "subfield": subject, **{f"image_{k}": png() if k <= m else None for k in range(1, 8)}})
+        (root / subject).mkdir(parents=True, exist_ok=True)
+        columns = {name: [row[name] for row in rows] for name in features}
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(
+            str(root / subject / "validation-00000-of-00001.parquet"))
+    return root
 
 
 def time_steps(profile: str = "colab") -> dict:

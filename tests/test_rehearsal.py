@@ -52,7 +52,7 @@ def _in_a_fresh_process(code: str, env: dict) -> None:
 
 
 def test_the_cache_holds_the_hub_ids_offline(rehearsal):
-    """Step 4 of the walk-through (the model and the bench by their hub names): resolved by name, offline."""
+    """Step 4 of the walk-through (the model, the bench and MMMU by their hub names): resolved by name, offline."""
     _in_a_fresh_process("""
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
@@ -67,6 +67,12 @@ assert processor.image_processor.crop_size == {"height": 336, "width": 336}
 batch = processor(images=Image.new("RGB", (512, 512)), text="USER: <image>\\nWho? ASSISTANT:", return_tensors="pt")
 assert int((batch["input_ids"] == config.image_token_index).sum()) == 576  # (336 / 14)^2 image tokens
 assert AutoConfig.from_pretrained(IDEFICS2_ID).model_type == "idefics2"
+
+from manu_lite.mmmu import load_mmmu
+from manu_lite.rehearsal import MMMU_ID, MMMU_QUESTIONS, MMMU_SUBJECTS
+data = load_mmmu(MMMU_ID, subjects=MMMU_SUBJECTS)  # chapter 06's colab subjects, by the hub id, offline
+assert len(data.questions) == len(MMMU_SUBJECTS) * MMMU_QUESTIONS
+assert data.images(data.questions[0])[1].size == (336, 336)
 """, rehearsal[2])
 
 
@@ -101,10 +107,6 @@ def _execute(name: str, env: dict, monkeypatch, timeout: int = 600):
     parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1, f"{name} has {len(parameters)} parameters cells"
     parameters[0].source = 'PROFILE = "colab"'
-    if name.startswith("06"):  # MMMU (MMMU/MMMU through datasets) has no copy in the rehearsal's cache: not rehearsed
-        at = next(i for i, c in enumerate(notebook.cells) if c.source.startswith("MODELS = ") or
-                  "\nMMMU_SOURCE = " in c.source)
-        notebook.cells.insert(at + 1, nbformat.v4.new_code_cell("MMMU_SOURCE = None  # rehearsal: MMMU not cached"))
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     if os.environ.get("MANU_LITE_REHEARSAL_OUT"):  # keep the executed notebook (its printed times) for a look
