@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -185,15 +186,35 @@ def lora_adapters(model, r: int = 16, seed: int = 0):
 
 class _LazyEncoding:
     """``encoded[i]`` for :func:`iter_batches`, encoding item i on first use: a run encodes only what it trains on
-    (a few batches of a large retain set), and the batch sequence does not depend on the step budget."""
+    (a few batches of a large retain set), and the batch sequence does not depend on the step budget.
 
-    def __init__(self, processor, adapter: PromptAdapter, items):
-        self.processor, self.adapter, self.items, self.cache = processor, adapter, items, {}
+    Encodings are kept for later epochs up to ``max_bytes`` of tensors (least recently used dropped first, and
+    encoded again when due), so a long run over a large set at 336 px (1.4 MB of ``pixel_values`` per image item)
+    holds a bounded amount of host memory, not the whole set's. Encoding is deterministic: what is dropped and
+    encoded again is identical."""
+
+    def __init__(self, processor, adapter: PromptAdapter, items, max_bytes: int = 256 * 2**20):
+        self.processor, self.adapter, self.items, self.max_bytes = processor, adapter, items, max_bytes
+        self.cache: OrderedDict[int, dict] = OrderedDict()
+        self.held = 0
 
     def __getitem__(self, i: int) -> dict:
-        if i not in self.cache:
-            self.cache[i] = encode_item(self.processor, self.adapter, self.items[i])
-        return self.cache[i]
+        if i in self.cache:
+            self.cache.move_to_end(i)
+            return self.cache[i]
+        encoded = encode_item(self.processor, self.adapter, self.items[i])
+        size = _nbytes(encoded)
+        while self.cache and self.held + size > self.max_bytes:
+            _, dropped = self.cache.popitem(last=False)
+            self.held -= _nbytes(dropped)
+        if size <= self.max_bytes:
+            self.cache[i] = encoded
+            self.held += size
+        return encoded
+
+
+def _nbytes(encoded: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in encoded.values() if isinstance(v, torch.Tensor))
 
 
 def _batches(processor, adapter: PromptAdapter, items, batch_size: int, seed: int):

@@ -196,3 +196,22 @@ def test_lora_methods_share_one_model_without_copies_and_each_starts_from_vanill
     with lora_adapters(fresh, config.lora_r, config.seed) as network:
         assert unlearn_with("npo", network, processor, adapter, small_world, config, progress=False)["losses"] == \
             losses["npo"]
+
+
+def test_lazy_encoding_holds_a_bounded_cache_and_gives_the_same_encodings(small_world):
+    """Baselines keep encodings for later epochs only up to a byte budget; dropped ones are encoded again, equal."""
+    from manu_lite.baselines import _LazyEncoding, _nbytes
+    from manu_lite.finetune import training_items
+    from manu_lite.models import build_tiny, encode_item
+
+    _, processor, adapter = build_tiny(["USER: <image>\nWho is this person?\nASSISTANT: Ann Lee."] * 10)
+    items = training_items(small_world.forget_train, ("image_text",))[:6]
+    one = _nbytes(encode_item(processor, adapter, items[0]))
+    lazy = _LazyEncoding(processor, adapter, items, max_bytes=int(2.5 * one))
+    for i in list(range(6)) + [0, 5]:
+        got = lazy[i]
+        want = encode_item(processor, adapter, items[i])
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert lazy.held <= lazy.max_bytes and len(lazy.cache) <= 2
+    assert lazy.held == sum(_nbytes(e) for e in lazy.cache.values())
+    assert list(lazy.cache) == [0, 5]  # least recently used dropped first
