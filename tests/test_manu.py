@@ -137,3 +137,35 @@ def test_strict_false_goes_on_past_a_layer_without_mlp(small_world, small_vanill
         mask, report = manu_unlearn(model, processor, *records, config, adapter=adapter, progress=False,
                                     strict=False)
     assert "vision.1.fc2" in mask.meta["widths"] and "vision.0.fc2" not in mask.meta["widths"]
+
+
+def test_verify_mask_holds_on_4bit_weights_and_catches_a_changed_weight(small_world, small_vanilla,
+                                                                         small_vanilla_4bit):
+    """Chapter 04's claims check, on real bitsandbytes 4-bit weights (activation mask) and plain ones (neuron
+    mask): every claim holds; a mask context that also moves one weight is caught."""
+    import contextlib
+
+    from manu_lite.experiments import verify_mask
+
+    config = ManuConfig(formulation="balanced", alpha=10, towers=("language",), max_batches=1)
+    records = small_world.forget_train[:2], small_world.retain_train[:2]
+    for model, processor, adapter in (small_vanilla_4bit, small_vanilla):
+        mask, _ = manu_unlearn(model, processor, *records, config, adapter=adapter, progress=False)
+        batch = next(iter_batches(processor, adapter, training_items(small_world.forget_train[:1]), 4))
+        claims = verify_mask(model, mask, batch)
+        assert len(claims) >= 3 and claims.all(), claims
+    applied = mask.applied
+    norm = model.model.language_model.norm.weight
+
+    @contextlib.contextmanager
+    def leaky(target):
+        with applied(target):
+            norm.data[0] += 1.0  # a change no mask claims
+            try:
+                yield
+            finally:
+                norm.data[0] -= 1.0
+
+    mask.applied = leaky
+    claims = verify_mask(model, mask, batch)
+    assert not claims["nothing else changed (changed entries ≤ those rows and columns)"], claims
