@@ -7,7 +7,8 @@
   width cut down (:data:`LLAVA_CUT`), its 336-px CLIP image processor (:data:`LLAVA_15_PREPROCESSOR`, 576 image
   tokens) and its chat template (:data:`LLAVA_15_CHAT_TEMPLATE`);
 - ``MLLMMU/Idefics2_Vanilla``: a random-init ``Idefics2ForConditionalGeneration`` of the same family as the
-  benchmark's Idefics2-8B (Mistral text, SigLIP-style vision, a perceiver resampler with 64 latents), cut down;
+  benchmark's Idefics2-8B (Mistral text, SigLIP-style vision, a perceiver resampler with 64 latents), cut down,
+  with the checkpoint's chat template (:data:`IDEFICS2_CHAT_TEMPLATE`);
 - ``MLLMMU/MLLMU-Bench`` (dataset, at :data:`manu_lite.bench.HUB_REVISION`): the synthetic benchmark of
   :func:`manu_lite.synthetic.make_synthetic_bench` in the hub's layout, every config, portraits of
   :data:`BENCH_IMAGE_SIZE` px (JPEG with grain), ``Test_Set`` with transformed portraits, at the real sizes
@@ -96,6 +97,13 @@ IDEFICS2_CUT = {"text_config": {"hidden_size": 64, "intermediate_size": 192, "nu
                                   "num_attention_heads": 4, "patch_size": 14, "image_size": 224},
                 "perceiver_config": {"resampler_n_latents": 64, "resampler_depth": 1, "resampler_n_heads": 4,
                                      "resampler_head_dim": 16, "num_key_value_heads": 2}}
+# HuggingFaceM4/idefics2-8b processor_config.json "chat_template" (idefics2-8b-chatty has the same string).
+IDEFICS2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}{% if message['content'][0]['type'] == 'image' %}"
+    "{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 BASE_VOCAB = 1024  # trained tokens; <image> and <pad> follow, and the embedding is padded to a multiple of 64
 
 
@@ -189,8 +197,8 @@ def llava_rehearsal(corpus: list[str], seed: int = 0):
 
 
 def idefics2_rehearsal(corpus: list[str], seed: int = 0):
-    """``(model, processor)``: an Idefics2-8B-shaped model with :data:`IDEFICS2_CUT`, random init (seeded), and a
-    tokenizer trained on ``corpus`` with Idefics2's special tokens."""
+    """``(model, processor)``: an Idefics2-8B-shaped model with :data:`IDEFICS2_CUT`, random init (seeded), a
+    tokenizer trained on ``corpus`` with Idefics2's special tokens, and the checkpoint's chat template."""
     from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessorPil,
                               Idefics2Processor)
 
@@ -210,7 +218,7 @@ def idefics2_rehearsal(corpus: list[str], seed: int = 0):
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = (tokenizer.pad_token_id,
                                                                                   tokenizer.eos_token_id)
     images = Idefics2ImageProcessorPil(do_image_splitting=False, size={"longest_edge": side, "shortest_edge": side})
-    processor = Idefics2Processor(image_processor=images, tokenizer=tokenizer,
+    processor = Idefics2Processor(image_processor=images, tokenizer=tokenizer, chat_template=IDEFICS2_CHAT_TEMPLATE,
                                   image_seq_len=IDEFICS2_CUT["perceiver_config"]["resampler_n_latents"])
     return model, processor
 
@@ -230,7 +238,8 @@ def write_rehearsal_hub(hf_home: str | Path, *, profiles: int = BENCH_PROFILES,
     cache = Path(hf_home) / "hub"
     stamp = cache / "manu_lite_rehearsal.json"
     arguments = {"profiles": profiles, "celebrities": celebrities, "image_size": image_size, "seed": seed,
-                 "revision": HUB_REVISION, "mmmu": [list(MMMU_SUBJECTS), MMMU_QUESTIONS]}
+                 "revision": HUB_REVISION, "mmmu": [list(MMMU_SUBJECTS), MMMU_QUESTIONS],
+                 "idefics2_chat_template": True}
     if stamp.exists() and json.loads(stamp.read_text()) == arguments:
         return cache
     bench = hub_snapshot(cache, BENCH_ID, "dataset", commit=HUB_REVISION)

@@ -77,15 +77,18 @@ assert data.images(data.questions[0])[1].size == (336, 336)
 
 
 def test_idefics2_rehearsal_loads_in_4bit_and_runs(rehearsal):
-    """The full profile's second model: loaded by its hub name in 4-bit on the CPU, one forward pass."""
+    """The full profile's second model: loaded by its hub name in 4-bit on the CPU, prompted through the
+    checkpoint's chat template (as Idefics2-8B is), one forward pass."""
     _in_a_fresh_process("""
 import torch
 from PIL import Image
 from manu_lite.models import Item, encode, load_mllm
-from manu_lite.rehearsal import IDEFICS2_ID
+from manu_lite.rehearsal import IDEFICS2_CHAT_TEMPLATE, IDEFICS2_ID
 from manu_lite.sites import find_sites
 
 model, processor, adapter = load_mllm(IDEFICS2_ID, load_in_4bit=True, dtype="float32")
+assert processor.chat_template == IDEFICS2_CHAT_TEMPLATE and adapter.family == "chat"
+assert adapter.prompt("Who is this?", "image_text") == "User:<image>Who is this?<end_of_utterance>\\nAssistant:"
 assert type(model.model.text_model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
 items = [Item("Who is this?", "image_text", Image.new("RGB", (300, 200), (200, 90, 90)), "Aurora Vale")]
 batch = encode(processor, adapter, items)
