@@ -99,6 +99,49 @@ assert {s.tower for s in find_sites(model)} == {"language", "vision"}
 """, rehearsal[2])
 
 
+def test_lora_gradients_through_cpu_4bit_weights_match_the_dequantized_model(rehearsal):
+    """The colab baselines train LoRA adapters on the 4-bit model; on the CPU that backward runs through
+    bitsandbytes' CPU kernels. Its LoRA gradients equal (to float error) those of a float model holding the
+    dequantized weights, with the same adapters (dropout off so both draw nothing)."""
+    _in_a_fresh_process("""
+import torch
+import bitsandbytes as bnb
+from bitsandbytes.functional import dequantize_4bit
+from PIL import Image
+from manu_lite.finetune import add_lora
+from manu_lite.models import Item, answer_nll, encode, load_mllm
+from manu_lite.rehearsal import LLAVA_ID
+
+quantized, processor, adapter = load_mllm(LLAVA_ID, load_in_4bit=True, dtype="float32")
+plain, _, _ = load_mllm(LLAVA_ID, dtype="float32")
+packed = dict(quantized.named_modules())
+with torch.no_grad():
+    for name, module in plain.named_modules():
+        if isinstance(packed.get(name), bnb.nn.Linear4bit):
+            weight = packed[name].weight
+            module.weight.copy_(dequantize_4bit(weight.data, weight.quant_state))
+nets = [add_lora(quantized, 8), add_lora(plain, 8)]
+torch.manual_seed(0)
+for (name, p), (_, q) in zip(*(net.named_parameters() for net in nets)):
+    if "lora_" in name:
+        p.data.normal_(std=0.05)  # lora_B starts at 0 in peft; non-zero so every adapter gets a gradient
+        q.data.copy_(p.data)
+items = [Item("Who is this?", "image_text", Image.new("RGB", (300, 200), (200, 90, 90)), "Aurora Vale"),
+         Item("Where was Aurora born?", "text_only", None, "In Oslo")]
+for net in nets:
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    net.train()
+    for item in items:
+        answer_nll(net, encode(processor, adapter, [item])).backward()
+grads = [{n: p.grad for n, p in net.named_parameters() if "lora_" in n} for net in nets]
+assert len(grads[0]) == len(grads[1]) == 28 and all(g is not None and g.abs().sum() > 0 for g in grads[0].values())
+worst = max(float((grads[0][n] - g).norm() / g.norm()) for n, g in grads[1].items())
+assert worst < 0.01, worst  # measured 0.0009
+""", rehearsal[2])
+
+
 def _execute(name: str, env: dict, monkeypatch, timeout: int = 600):
     """Run one notebook as a Colab user would: the parameters cell says ``PROFILE = "colab"``, then every cell."""
     import nbformat
