@@ -24,7 +24,8 @@ from pathlib import Path
 
 # Re-exported: the schema and record names chapter 01 and the evaluators read with the loader (one import).
 from .bench_schema import (CLASSIFICATION_KEYS, EVAL_SCHEMA, OPTION_LETTERS, TRAIN_SCHEMA, TYPE_TO_RENDERING,
-                           BenchImage, BenchSchemaError, MCQuestion, OpenQuestion, ProfileRecord, qa_pairs, write_split)
+                           BenchImage, BenchSchemaError, MCQuestion, OpenQuestion, ParquetCell, ProfileRecord,
+                           file_stamp, qa_pairs, write_split)
 
 __all__ = ["EVAL_SCHEMA", "OPTION_LETTERS", "TRAIN_SCHEMA", "BenchSchemaError", "MCQuestion", "ProfileRecord", "World",
            "load_bench", "load_world", "qa_pairs", "require_training_format", "write_split"]
@@ -70,9 +71,10 @@ def _id(row: dict, where: str) -> str:
     return str(value).strip()
 
 
-def _image(cell, where: str, folder: Path) -> BenchImage:
+def _image(cell, where: str, folder: Path, at: ParquetCell | None = None) -> BenchImage:
     """An image cell (the ``Image`` feature's ``{bytes, path}``, bare bytes or a path) as a :class:`BenchImage`;
-    a relative path is read from the parquet file's folder."""
+    a relative path is read from the parquet file's folder. With ``at`` (where the cell sits in its file), stored
+    bytes are checked and then left in the file (read back when the image is opened)."""
     if isinstance(cell, dict):
         data, path = cell.get("bytes"), cell.get("path")
     elif isinstance(cell, (bytes, str)):
@@ -90,7 +92,7 @@ def _image(cell, where: str, folder: Path) -> BenchImage:
                                    "from the parquet file's folder); fix: put the file there or store its bytes in "
                                    "image['bytes']")
         path = str(resolved)
-    return BenchImage(data or None, None if data else path, where)
+    return BenchImage(data or None, None if data else path, where, at if data else None)
 
 
 def _questions(row: dict, key: str, where: str) -> list[dict]:
@@ -116,9 +118,10 @@ def _mc(item: dict, at: str) -> MCQuestion:
 
 
 # --------------------------------------------------------------------------------------------------- rows
-def _parse_eval_row(row: dict, where: str, folder: Path) -> ProfileRecord:
+def _parse_eval_row(row: dict, where: str, folder: Path, cell_at=lambda column, index=None: None) -> ProfileRecord:
     text = {k: row.get(k) if isinstance(row.get(k), str) else "" for k in ("biography", "question", "answer")}
-    record = ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder), **text)
+    record = ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder, cell_at("image")),
+                           **text)
     classification = _require(row, "Classification_Task", dict, where)
     for rendering, key in CLASSIFICATION_KEYS.items():
         at = f"{where} Classification_Task"
@@ -138,11 +141,12 @@ def _parse_eval_row(row: dict, where: str, folder: Path) -> ProfileRecord:
     images = row.get("images") or []
     if not isinstance(images, (list, tuple)):
         raise BenchSchemaError(f"{where}: field 'images' is {_kind(images)}, expected a list of images; fix the row")
-    record.images = [_image(cell, f"{where} images[{i}]", folder) for i, cell in enumerate(images)]
+    record.images = [_image(cell, f"{where} images[{i}]", folder, cell_at("images", i))
+                     for i, cell in enumerate(images)]
     return record
 
 
-def _parse_train_row(row: dict, where: str, folder: Path) -> ProfileRecord:
+def _parse_train_row(row: dict, where: str, folder: Path, cell_at=lambda column, index=None: None) -> ProfileRecord:
     raw = _require(row, "metadata", (str, list), where)
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
@@ -159,8 +163,8 @@ def _parse_train_row(row: dict, where: str, folder: Path) -> ProfileRecord:
     if not pairs:
         raise BenchSchemaError(f"{where}: metadata holds no question/answer pairs; add the person's "
                                "{'ID', 'Question', 'Answer'} pairs, or remove the row")
-    return ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder), train_qa=pairs,
-                         source_format="training")
+    return ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder, cell_at("image")),
+                         train_qa=pairs, source_format="training")
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -207,16 +211,21 @@ def _stream(path: str, config: str):
                                f"re-download or re-export {config}/{Path(path).name}") from exc
 
 
-def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=None) -> list[ProfileRecord]:
+def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=None,
+               keep_bytes: bool = False) -> list[ProfileRecord]:
     """Load one MLLMU-Bench config from a hub id (at ``revision``) or a local directory laid out like the hub.
 
     Returns one :class:`ProfileRecord` per row (``keep``: a predicate on :func:`id_key` of a row's ID, to load
-    only some people). Raises :class:`BenchSchemaError` naming the row and field when the data does not match
-    the schema, when two rows hold one ID, and when the split is empty.
+    only some people). Images are checked at load and read back from the parquet file when opened
+    (:class:`~manu_lite.bench_schema.ParquetCell`), so the records hold no image bytes; ``keep_bytes=True`` keeps
+    them in memory instead (for files that will not outlive the records, such as a temporary directory's).
+    Raises :class:`BenchSchemaError` naming the row and field when the data does not match the schema, when two
+    rows hold one ID, and when the split is empty.
     """
     records, seen = [], {}
     for path in _split_files(source, config, revision):
         columns, rows = _stream(path, config)
+        stamp = file_stamp(path)
         if "metadata" in columns:
             required, parse = TRAIN_COLUMNS, _parse_train_row
         elif "Classification_Task" in columns or "Generation_Task" in columns:
@@ -230,7 +239,7 @@ def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=N
         if missing:
             raise BenchSchemaError(f"{config}: missing column(s) {missing} (have {sorted(columns)}); this format "
                                    f"needs {', '.join(required)}: re-export the split with the column(s) {missing}")
-        for row in rows:
+        for number, row in enumerate(rows):
             where = f"{config} row {len(seen)}"
             key = id_key(_id(row, where))
             if key in seen:
@@ -239,7 +248,9 @@ def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=N
                                        f"one of the two rows of ID {row['ID']!r}")
             seen[key] = f"row {len(seen)} ({row['ID']!r})"
             if keep is None or keep(key):
-                records.append(parse(row, where, Path(path).parent))
+                cell_at = (lambda column, index=None: None) if keep_bytes else \
+                    (lambda column, index=None: ParquetCell(path, number, column, index, stamp))
+                records.append(parse(row, where, Path(path).parent, cell_at))
     if not seen:
         raise BenchSchemaError(f"{config}: the split is empty (0 rows); regenerate it (make_synthetic_bench(...)) "
                                "or re-download it")

@@ -13,10 +13,15 @@ is encoded, so a record costs its compressed image, not its pixels. :func:`write
 """
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
+import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,24 +84,73 @@ def write_split(rows: list[dict], schema: pa.Schema, out_dir: str | Path, config
 
 
 # --------------------------------------------------------------------------------------------------- images
-class BenchImage:
-    """One image as the parquet stores it: encoded ``data`` (PNG/JPEG bytes) or a ``path`` to a file.
+class ParquetCell(NamedTuple):
+    """Where an image's encoded bytes sit: ``column`` of row ``row`` (counted from 0 in the file) of the parquet
+    file ``path``; ``index`` is the position in a list column (``Test_Set``'s ``images``), else None. ``stamp``:
+    the file's size and modification time when it was loaded, checked before every read."""
 
-    The loader checks the header (so a row that is not an image fails at load, naming the row); the pixels are
+    path: str
+    row: int
+    column: str
+    index: int | None
+    stamp: tuple[int, int]
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns
+
+
+# The row groups read last, (path, group, column) -> that column's arrow values: images are read back one row group
+# at a time, and evaluation and statistics walk a split in row order, so two groups hold what a batch needs.
+_ROW_GROUPS: OrderedDict = OrderedDict()
+_ROW_GROUPS_HELD = 2
+
+
+def read_cell(cell: ParquetCell) -> bytes:
+    """The encoded image bytes at ``cell``, read from its parquet file (one row group, kept for the next reads)."""
+    if file_stamp(cell.path) != cell.stamp:
+        raise BenchSchemaError(f"{cell.path} changed after it was loaded (size or modification time), so row "
+                               f"{cell.row}'s {cell.column} may be another image now; load the split again "
+                               "(load_world / load_bench)")
+    file = pq.ParquetFile(cell.path)
+    starts = list(itertools.accumulate((file.metadata.row_group(g).num_rows
+                                        for g in range(file.metadata.num_row_groups)), initial=0))
+    group = bisect.bisect_right(starts, cell.row) - 1
+    key = (cell.path, cell.stamp, group, cell.column)
+    if key not in _ROW_GROUPS:
+        _ROW_GROUPS[key] = file.read_row_group(group, columns=[cell.column]).column(0)
+        while len(_ROW_GROUPS) > _ROW_GROUPS_HELD:
+            _ROW_GROUPS.popitem(last=False)
+    _ROW_GROUPS.move_to_end(key)
+    value = _ROW_GROUPS[key][cell.row - starts[group]].as_py()
+    value = value[cell.index] if cell.index is not None else value
+    return value["bytes"] if isinstance(value, dict) else value
+
+
+class BenchImage:
+    """One image as the parquet stores it: encoded ``data`` (PNG/JPEG bytes), a ``path`` to a file, or a ``cell``
+    of the parquet file (:class:`ParquetCell`) whose bytes are read back when the image is opened.
+
+    The loader checks the header (so a row that is not an image fails at load, naming the row) and, by default,
+    keeps only the cell: host memory then holds no image bytes, whatever the number of profiles. The pixels are
     decoded by :meth:`open`, a fresh RGB ``PIL.Image`` each call, when a batch is encoded. ``size`` is
     ``(width, height)`` from the header. ``tobytes()`` and ``numpy.asarray(image)`` decode, as a PIL image would.
     """
 
-    __slots__ = ("data", "path", "where", "size")
+    __slots__ = ("data", "path", "where", "size", "cell")
 
-    def __init__(self, data: bytes | None, path: str | None, where: str):
-        self.data, self.path, self.where = data, path, where
+    def __init__(self, data: bytes | None, path: str | None, where: str, cell: ParquetCell | None = None):
+        self.data, self.path, self.where, self.cell = data, path, where, None
         with self._open() as header:
             self.size = header.size
+        if cell is not None:  # the header is checked: keep where the bytes are, not the bytes
+            self.data, self.cell = None, cell
 
     def _open(self, decode: bool = False) -> Image.Image:
+        data = self.data or (read_cell(self.cell) if self.cell else None)
         try:
-            image = Image.open(io.BytesIO(self.data) if self.data else self.path)
+            image = Image.open(io.BytesIO(data) if data else self.path)
             return image.convert("RGB") if decode else image
         except Exception as exc:
             raise BenchSchemaError(f"{self.where}: the image cannot be decoded ({exc}); re-export the row with valid "
@@ -115,7 +169,8 @@ class BenchImage:
         return np.asarray(self.open(), dtype=dtype)
 
     def __repr__(self) -> str:
-        source = f"{len(self.data)} encoded bytes" if self.data else repr(self.path)
+        source = (f"{len(self.data)} encoded bytes" if self.data else
+                  f"{Path(self.cell.path).name} row {self.cell.row}" if self.cell else repr(self.path))
         return f"BenchImage({self.size[0]}x{self.size[1]}, {source})"
 
 

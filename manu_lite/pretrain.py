@@ -92,7 +92,9 @@ def population(config: PretrainConfig):
     (training format) records, people in the same order."""
     with tempfile.TemporaryDirectory(prefix="manu-lite-pretrain-") as tmp:
         make_synthetic_bench(tmp, n_profiles=config.people, n_celebrities=4, seed=config.seed)
-        full, train = load_bench(tmp, "Full_Set"), {r.id: r for r in load_bench(tmp, "ft_Data")}
+        # keep_bytes: the records outlive the temporary directory
+        full = load_bench(tmp, "Full_Set", keep_bytes=True)
+        train = {r.id: r for r in load_bench(tmp, "ft_Data", keep_bytes=True)}
     return full, [train[r.id] for r in full]
 
 

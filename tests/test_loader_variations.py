@@ -114,10 +114,39 @@ def test_the_synthetic_bench_carries_the_hubs_feature_metadata(small_bench):
         assert features["ID"] == datasets.Value("string")
 
 
-def test_records_hold_encoded_images(small_world):
+def test_records_hold_where_the_images_are_not_their_bytes(small_world, small_bench):
+    """The loaded records keep each image's parquet cell (file, row, column, list index), no bytes; opening one
+    reads exactly the bytes stored in that cell (compared with pyarrow's own read of the whole column)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
     records = small_world.forget + small_world.test + small_world.forget_train
-    assert all(isinstance(r.image, BenchImage) and r.image.data for r in records)
-    assert all(isinstance(im, BenchImage) for r in small_world.test for im in r.images)
+    images = [r.image for r in records] + [im for r in small_world.test for im in r.images]
+    assert all(isinstance(im, BenchImage) and im.data is None and im.cell for im in images)
+    for record in small_world.test[:3]:
+        for k, image in enumerate([record.image] + record.images):
+            column = pq.read_table(image.cell.path, columns=[image.cell.column]).column(0).to_pylist()
+            stored = column[image.cell.row] if image.cell.index is None else column[image.cell.row][image.cell.index]
+            assert image.cell.index == (None if k == 0 else k - 1)
+            assert image.tobytes() == Image.open(io.BytesIO(stored["bytes"])).convert("RGB").tobytes()
+    assert len({im.tobytes() for im in small_world.test[0].images}) == len(small_world.test[0].images)
+
+
+def test_an_image_whose_file_changed_after_load_says_so(tmp_path):
+    from manu_lite.bench import load_bench
+    from manu_lite.synthetic import make_synthetic_bench
+
+    make_synthetic_bench(tmp_path, n_profiles=20, n_celebrities=4, seed=3)
+    records = load_bench(str(tmp_path), "forget_5")
+    records[0].image.open()
+    kept = load_bench(str(tmp_path), "forget_5", keep_bytes=True)
+    assert kept[0].image.data and kept[0].image.cell is None
+    make_synthetic_bench(tmp_path, n_profiles=20, n_celebrities=4, seed=4)  # rewritten in place
+    with pytest.raises(BenchSchemaError, match=r"changed after it was loaded.*load the split again"):
+        records[0].image.open()
+    kept[0].image.open()  # bytes kept in memory do not depend on the file
 
 
 def test_items_are_encoded_per_batch(small_world):
