@@ -129,3 +129,30 @@ def test_memorization_gate_flags():
     results.meta = {"memorization": gate}
     assert results.flag_lines()[0].startswith("NOT MEMORIZED")
     assert ev.memorization_gate(results, EvalConfig(gate_mc=0.2, gate_rouge=0.5))["passed"]
+
+
+def test_likelihood_is_length_biased_on_a_model_that_knows_nothing(small_world, small_vanilla):
+    """The documented bias of ``likelihood``: with every next-token distribution uniform (the tiny LLaVA with its
+    lm_head zeroed), an option's summed log-prob is -(its token count) x log V, so the protocol picks an option
+    with the fewest tokens for every question, whatever the answer; its accuracy is then the share of questions
+    whose answer is among the shortest options, not chance."""
+    import copy
+
+    import torch
+
+    model, processor, adapter = small_vanilla
+    blank = copy.deepcopy(model)
+    with torch.no_grad():
+        blank.lm_head.weight.zero_()
+    tokenizer = processor.tokenizer
+    questions = [(r, q) for r in small_world.forget for q in r.mc.get("text_only", [])]
+    config = EvalConfig(**{**TINY_EVAL.__dict__, "mc_protocol": "likelihood", "tasks": ("mc",)})
+    predictions = ev._likelihood_predictions(blank, processor, adapter, questions, "text_only", {}, config)
+
+    def tokens(text):
+        return len(tokenizer(adapter.answer_prefix + text, add_special_tokens=False)["input_ids"])
+
+    shortest = [{k for k in q.options if tokens(q.options[k]) == min(map(tokens, q.options.values()))}
+                for _, q in questions]
+    assert all(p in s for p, s in zip(predictions, shortest))
+    assert any(len(s) == 1 for s in shortest)  # the pick is forced by length, not a tie-break
