@@ -101,3 +101,136 @@ def test_an_empty_task_scores_nan_over_zero_questions(small_world, monkeypatch):
     monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: [])
     scores = evaluate_set(None, None, ADAPTER, [], "forget", "text_only", EvalConfig(tasks=("cloze",)))
     assert math.isnan(scores["cloze"]["value"]) and scores["cloze"]["n"] == 0 and scores["cloze"]["details"] == []
+
+
+class _Model:
+    """Stands in for a model: only ``training``, ``eval()`` and ``train(mode)`` (which refuses a non-bool, as
+    ``nn.Module.train`` does)."""
+
+    def __init__(self, training):
+        self.training = training
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def train(self, mode=True):
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        return self
+
+
+@pytest.mark.parametrize("rendering", ["text_only", "image_text"])
+def test_evaluate_set_hands_its_model_processor_adapter_and_config_to_every_model_call(small_world, monkeypatch,
+                                                                                      rendering):
+    model, processor = object(), object()
+    records = small_world.forget
+    calls = []
+
+    def fake_generate(m, p, a, items, config, progress=False, desc="generate"):
+        calls.append(("generate", m, p, a, config, items))
+        return ["A" for _ in items]
+
+    def fake_logprobs(m, p, a, items, batch_size):
+        calls.append(("logprobs", m, p, a, batch_size, items))
+        return [0.0 for _ in items]
+
+    monkeypatch.setattr(evaluate_module, "generate", fake_generate)
+    monkeypatch.setattr(evaluate_module, "option_logprobs", fake_logprobs)
+    # the generate-based multiple-choice path (no likelihood protocol, no few-shot examples), then generation and
+    # cloze; then the likelihood path
+    config = EvalConfig(tasks=("mc", "generation", "cloze"), mc_protocol="mllmu", few_shot=0, batch_size=3)
+    evaluate_set(model, processor, ADAPTER, records, "forget", rendering, config)
+    likelihood = EvalConfig(tasks=("mc",), mc_protocol="likelihood", batch_size=5)
+    evaluate_set(model, processor, ADAPTER, records, "forget", rendering, likelihood)
+    assert [c[0] for c in calls] == ["generate"] * 3 + ["logprobs"]
+    for kind, m, p, a, extra, items in calls:
+        assert m is model and p is processor and a is ADAPTER
+        assert extra is (config if kind == "generate" else 5)
+        # every item in the rendering asked for, with the record's own image in image_text (none in text_only)
+        assert {i.rendering for i in items} == {rendering}
+        images = [r.image for r in records if r.image is not None]
+        assert all((i.image is None) if rendering == "text_only" else any(i.image is im for im in images)
+                   for i in items)
+    mc_items = calls[0][5]
+    assert [i.question for i in mc_items] == [evaluate_module._mc_prompt(q) for _, q in _mc(records, rendering)]
+    assert all(i.answer is None and i.prefix == "" and i.prefix_images == () for i in mc_items)
+    assert [i.question for i in calls[1][5]] == [
+        f"{q.question}\n{evaluate_module.GENERATION_INSTRUCTION}" for r in records for q in r.generation.get(rendering, [])]
+
+
+def _scores(set_name, rendering):
+    """Distinct made-up scores per (set, rendering, task), as evaluate_set(_mllmu) would return them."""
+    base = ["forget", "test", "retain", "celebrity"].index(set_name) * 0.2 + (rendering == "text_only") * 0.05
+    return {task: {"value": base + k * 0.01, "n": 10 + k, "details": [{"id": f"{set_name}/{rendering}/{task}"}]}
+            for k, task in enumerate(("mc", "generation", "cloze"))}
+
+
+@pytest.mark.parametrize("method", ["vanilla", "manu"])
+def test_evaluate_under_mllmu_collects_rows_details_and_the_prompt_hash(small_world, monkeypatch, method):
+    import hashlib
+
+    model, processor, world = _Model(training=True), object(), small_world
+    config = EvalConfig(mc_protocol="mllmu", sets=("forget", "retain"))
+    seen, metas = [], []
+
+    def fake_mllmu(m, p, records, set_name, rendering, cfg, full_set, meta):
+        assert m is model and p is processor and cfg is config and not model.training  # evaluated in eval mode
+        assert records is world.eval_sets[set_name]
+        assert set(full_set) == {r.id for r in list(world.forget) + list(world.retain)}
+        assert all(full_set[r.id] is r for r in list(world.forget) + list(world.retain))
+        metas.append(meta)
+        meta["prompts"].extend([f"{set_name}-{rendering}-1", f"{set_name}-{rendering}-2"])
+        meta["dropped_shots"][f"{set_name}/{rendering}/mc"] = {"drawn": 3, "kept": 1, "dropped": 2}
+        seen.append((set_name, rendering))
+        return _scores(set_name, rendering)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_set_mllmu", fake_mllmu)
+    monkeypatch.setattr(evaluate_module, "evaluate_set", lambda *a, **k: pytest.fail("not the mllmu protocol"))
+    gate_args = []
+    monkeypatch.setattr(evaluate_module, "memorization_gate",
+                        lambda results, cfg: gate_args.append((list(results), cfg)) or {"passed": True})
+    details = {}
+    by_method = {} if method == "vanilla" else {"method": method}  # vanilla is the default method
+    results = evaluate_module.evaluate(model, processor, ADAPTER, world, config, progress=False, details=details,
+                                       **by_method)
+    pairs = [("forget", "image_text"), ("forget", "text_only"), ("retain", "image_text"), ("retain", "text_only")]
+    assert seen == pairs and all(m is metas[0] for m in metas)
+    want = [{"method": method, "set": s, "rendering": r, "task": t, "metric": evaluate_module.METRIC[t],
+             "value": v["value"], "n": v["n"]} for s, r in pairs for t, v in _scores(s, r).items()]
+    assert list(results) == want
+    assert details == {(s, r, t): v["details"] for s, r in pairs for t, v in _scores(s, r).items()}
+    assert model.training  # put back as it was
+    prompts = [f"{s}-{r}-{k}" for s, r in pairs for k in (1, 2)]
+    meta = results.meta
+    assert meta["prompt_sha256"] == hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
+    assert meta["n_prompts"] == 8 and "prompts" not in meta
+    assert meta["dropped_shots_total"] == 8 and meta["protocol"] == "mllmu" and meta["seed"] == config.seed
+    assert meta["draws"] == {}
+    if method == "vanilla":
+        assert meta["memorization"] == {"passed": True} and gate_args == [(want, config)]
+    else:
+        assert "memorization" not in meta and gate_args == []
+
+
+def test_evaluate_under_a_likelihood_protocol_passes_the_retain_pool_and_hashes_no_prompt(small_world, monkeypatch):
+    model, processor, world = _Model(training=False), object(), small_world
+    seen = []
+
+    def fake_set(m, p, a, records, set_name, rendering, cfg, few_shot_pool=()):
+        assert m is model and p is processor and a is ADAPTER and records is world.eval_sets[set_name]
+        assert few_shot_pool is world.retain and cfg.mc_protocol == "likelihood"
+        seen.append((set_name, rendering))
+        return {"mc": {"value": 0.5, "n": 4, "details": []}}
+
+    monkeypatch.setattr(evaluate_module, "evaluate_set", fake_set)
+    monkeypatch.setattr(evaluate_module, "evaluate_set_mllmu", lambda *a, **k: pytest.fail("not a likelihood one"))
+    results = evaluate_module.evaluate(model, processor, ADAPTER, world, None, method="npo", progress=False)
+    # the default config: every set that has records, both renderings
+    assert seen == [(s, r) for s in ("forget", "test", "retain", "celebrity") for r in ("image_text", "text_only")
+                    if world.eval_sets[s]]
+    assert all(row["method"] == "npo" for row in results) and len(results) == len(seen)
+    assert results.meta == {"protocol": "likelihood", "seed": 0, "draws": {}, "dropped_shots": {},
+                            "prompt_sha256": None, "n_prompts": 0, "dropped_shots_total": 0}
+    assert not model.training
