@@ -145,6 +145,9 @@ class NeuronMask:
 
     def __init__(self, indices: Mapping[str, Tensor | Sequence[int]], mode: str = "neuron",
                  meta: Mapping | None = None, channels: Mapping[str, Tensor | Sequence[int]] | None = None):
+        if mode == "auto":  # one resolver, so that a mask and MANU's report never disagree on what "auto" means
+            raise ValueError("mode='auto' (ManuConfig's default) is resolved from the model's weights: pass "
+                             "manu_lite.manu.choose_prune_mode(model, 'auto') as the mode")
         if mode not in PRUNE_MODES:
             raise ValueError(f"unknown prune mode {mode!r}; choose one of {PRUNE_MODES}")
         if channels and mode == "output_rows":
@@ -159,12 +162,7 @@ class NeuronMask:
     @classmethod
     def from_sites(cls, indices: Mapping[str, Tensor], sites: Sequence[NeuronSite], mode: str = "neuron",
                    channels: Mapping[str, Tensor] | None = None, **meta) -> "NeuronMask":
-        """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits).
-
-        ``mode="auto"`` (:class:`~manu_lite.config.ManuConfig`'s default) becomes ``"activation"`` when a site's
-        weights cannot be edited in place (:func:`uneditable_sites`: quantized or offloaded), else ``"neuron"``."""
-        if mode == "auto":
-            mode = "activation" if uneditable_sites(sites) else "neuron"
+        """A mask whose metadata records the width of every site in ``sites`` (so that it can check fits)."""
         return cls(indices, mode, {"widths": {s.name: s.width for s in sites}, **meta}, channels)
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------

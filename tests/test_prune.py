@@ -161,3 +161,9 @@ def _property_model():
         model, _ = tiny_llava(seed=2)
         _PROPERTY["v"] = (model, find_sites(model), snapshot(model))
     return _PROPERTY["v"]
+
+
+def test_auto_is_resolved_by_one_function_not_by_the_mask():
+    """prune_mode='auto' has one resolver (manu.choose_prune_mode); a mask asked for 'auto' says to call it."""
+    with pytest.raises(ValueError, match=r"choose_prune_mode\(model, 'auto'\)"):
+        NeuronMask({"language.0.down_proj": [1]}, mode="auto")
