@@ -82,3 +82,67 @@ def test_a_known_layout_outside_a_layer_list_is_listed_as_excluded_with_its_clas
     head = rows["head"]
     assert (head["status"], head["module"], head["site"]) == ("excluded", "_MLP", None)
     assert head["reason"] == "a known layout outside a numbered layer list (e.g. a pooling head), not a layer's MLP"
+
+
+class _Container(nn.Module):
+    """MLP-like by name (``mlp``) but no known layout itself, holding an MLP-like ``ffn`` whose widths disagree."""
+
+    def __init__(self):
+        super().__init__()
+        self.ffn, self.norm = _MLP(produce=6, read=8), nn.LayerNorm(4)
+
+
+def test_an_unrecognized_module_inside_an_unrecognized_one_gets_its_own_row():
+    layer = nn.Module()
+    layer.mlp = _Container()
+    rows = {r["path"]: r for r in site_table(_layers(layer), ("language",))}
+    # nothing known sits inside layers.0.mlp, so both it and its ffn are listed, each with its own reason
+    assert rows["layers.0.mlp"]["status"] == rows["layers.0.mlp.ffn"]["status"] == "unrecognized"
+    assert rows["layers.0.mlp"]["reason"].endswith("; not a known layout (gate_proj/up_proj -> down_proj or "
+                                                   "gate_up_proj -> down_proj or fc1 -> fc2 or "
+                                                   "linear_fc1 -> linear_fc2)")
+    assert rows["layers.0.mlp.ffn"]["reason"].endswith("widths disagree (fc2 reads 8, the inputs write [6])")
+
+
+class _VisionModel(nn.Module):
+    """A vision tower of three layers: 0 and 1 hold fc1/fc2 MLPs, 2 holds none (a layer find_sites would skip);
+    ``vision_feature_layer=-3`` reads hidden_states[1], so layers 1 and 2 never reach the language model."""
+
+    def __init__(self):
+        super().__init__()
+        blocks = []
+        for k in range(3):
+            block = nn.Module()
+            block.mlp = _MLP(produce=8) if k < 2 else nn.Identity()
+            blocks.append(block)
+        self.vision_tower = nn.Module()
+        self.vision_tower.layers = nn.ModuleList(blocks)
+        self.config = SimpleNamespace(vision_feature_layer=-3, vision_config=SimpleNamespace(num_hidden_layers=3))
+
+
+def test_unused_sites_is_strict_by_default_and_warns_from_the_callers_line_when_not():
+    model = _VisionModel()
+    with pytest.raises(ValueError, match=r"vision layer\(s\) \[2\] of vision_tower\.layers \(3 layers\) have no MLP"):
+        sites.unused_sites(model)
+    with pytest.raises(ValueError, match=r"vision layer\(s\) \[2\]"):
+        sites.candidate_sites(model)
+    with pytest.warns(sites.SiteWarning, match=r"strict=False: going on with the 2 sites found") as caught:
+        unused = sites.unused_sites(model, strict=False)
+    assert unused == {"vision.1.fc2": "vision_feature_layer=-3 reads hidden_states up to index 1: layer 1's output "
+                                      "never reaches the language model"}
+    # stacklevel=2: the warning names the line that called find_sites (here unused_sites), not find_sites' own
+    assert {w.filename for w in caught} == {sites.__file__}
+    with pytest.warns(sites.SiteWarning) as caught:
+        found = sites.find_sites(model, ("vision",), strict=False)
+    assert [s.name for s in found] == ["vision.0.fc2", "vision.1.fc2"]
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_the_routed_experts_warning_names_the_callers_line():
+    layer = nn.Module()
+    layer.mlp = _MLP(produce=8)
+    layer.experts = nn.ModuleList([_MLP(produce=8), _MLP(produce=8)])
+    with pytest.warns(sites.SiteWarning, match=r"2 routed-expert module\(s\)") as caught:
+        found = sites.find_sites(_layers(layer), ("language",))
+    assert [s.name for s in found] == ["language.0.fc2"]
+    assert [w.filename for w in caught] == [__file__]
