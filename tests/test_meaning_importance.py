@@ -64,3 +64,26 @@ def test_selection_summary_fields_by_hand():
                                     "vision.0.fc2": {"selected": 1, "of": 4}}}
     unknown = selection_summary({"language.0.down_proj": torch.tensor([1])}, {"language.0.down_proj": 0})
     assert (unknown["of"], unknown["fraction"]) == (0, 0.0)  # widths unknown: no fraction, no division by zero
+
+
+def test_score_per_rendering_ranks_a_site_seen_on_one_token_and_leaves_out_one_never_seen():
+    from manu_lite.config import ManuConfig
+    from manu_lite.importance import balanced_rendering_score, score_per_rendering
+
+    g = torch.Generator().manual_seed(3)
+
+    def acts(n):
+        return NeuronStats.from_activations(torch.randn(n, 4, generator=g), TAU)
+
+    # language.0: one retain token, one forget token (the least that counts); language.1: no retain token at all
+    forget = {"language.0.fc2": acts(1), "language.1.fc2": acts(5)}
+    retain = {"language.0.fc2": acts(1), "language.1.fc2": NeuronStats.zeros(4, TAU)}
+    stats = {("forget", "text_only"): forget, ("retain", "text_only"): retain}
+    ranking = score_per_rendering(stats, ManuConfig(formulation="balanced", epsilon=EPS))
+    assert list(ranking) == ["text_only"] and list(ranking["text_only"]) == ["language.0.fc2"]
+    want = balanced_rendering_score(forget["language.0.fc2"], retain["language.0.fc2"], eps=EPS)
+    assert torch.equal(ranking["text_only"]["language.0.fc2"], want)
+    # the same with the roles swapped: a forget site of no token is left out, one of one token is ranked
+    swapped = {("forget", "text_only"): {"language.0.fc2": acts(1), "language.1.fc2": NeuronStats.zeros(4, TAU)},
+               ("retain", "text_only"): {"language.0.fc2": acts(1), "language.1.fc2": acts(3)}}
+    assert list(score_per_rendering(swapped, ManuConfig(formulation="balanced"))["text_only"]) == ["language.0.fc2"]
