@@ -355,6 +355,8 @@ def summary(report: dict, equivalent: int = 0) -> str:
             + (" (an earlier run's survivors, rerun)" if report.get("rerun") else "")
             + f", killed {k}, survived {c.get('survived', 0)}, timeouts {c.get('timeout', 0)}, "
               f"not covered {c.get('no tests', 0)}, suspicious {c.get('suspicious', 0)}"
+            + (f", NOT CHECKED {c['not checked']} (mutmut ran none of them: did its clean test run fail?)"
+               if c.get("not checked") else "")
             + (f", equivalent {equivalent}" if equivalent else "")
             + (f"; score {100 * k / n:.1f} %" if n else "; score n/a"))
     if report.get("sample") and n:

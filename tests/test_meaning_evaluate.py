@@ -234,3 +234,114 @@ def test_evaluate_under_a_likelihood_protocol_passes_the_retain_pool_and_hashes_
     assert results.meta == {"protocol": "likelihood", "seed": 0, "draws": {}, "dropped_shots": {},
                             "prompt_sha256": None, "n_prompts": 0, "dropped_shots_total": 0}
     assert not model.training
+
+
+DETAIL_KEYS = {"mc": {"id", "question", "answer", "prediction", "response", "value"},
+               "cloze": {"id", "question", "answer", "response", "value"},
+               "generation": {"id", "question", "answer", "response", "rouge1", "rouge2", "rougeL", "value"}}
+
+
+@pytest.mark.parametrize("set_name", ["retain", "celebrity"])
+@pytest.mark.parametrize("rendering", ["image_text", "text_only"])
+def test_mllmu_few_shot_prefix_is_the_drawn_profiles_shots_in_the_sets_that_use_them(small_world, monkeypatch,
+                                                                                     set_name, rendering):
+    from manu_lite import protocol
+
+    records = small_world.eval_sets[set_name]
+    assert records
+    full_set = {r.id: r for r in list(small_world.forget) + list(small_world.retain)}
+    asked = []
+
+    def fake_generate(model, processor, adapter, items, config, progress=False, desc="generate"):
+        asked.append(items)
+        return ["nothing" for _ in items]
+
+    monkeypatch.setattr(evaluate_module, "generate", fake_generate)
+    meta = {"draws": {}, "dropped_shots": {}, "prompts": []}
+    # model None: no context length, so every shot is kept
+    scores = evaluate_module.evaluate_set_mllmu(None, None, records, set_name, rendering,
+                                                EvalConfig(mc_protocol="mllmu"), full_set, meta)
+    tasks = EvalConfig().tasks
+    assert len(asked) == len(tasks)
+    for task, items in zip(tasks, asked):
+        ids = meta["draws"][f"{set_name}/{rendering}/{task}"]["few_shot_ids"]
+        shots = [full_set[i] for i in ids if i in full_set]
+        # the benchmark's few-shot sets: MC in forget/retain/test, cloze in those and celebrity; generation none
+        uses = {"mc": protocol.MLLMU_MC_FEW_SHOT_SETS, "cloze": protocol.MLLMU_CLOZE_FEW_SHOT_SETS}.get(task, ())
+        # shots come from Full_Set (the fictitious people): a celebrity set draws IDs but finds no profile
+        assert bool(shots) == (set_name == "retain" and task != "generation")
+        if task == "mc" and set_name in uses:
+            text = "".join(protocol.mllmu_mc_shot(q.question, q.options, q.answer, rendering)
+                           for r in shots for q in r.mc.get(rendering, []))
+            images = [r.image for r in shots for _ in r.mc.get(rendering, [])]
+        elif task == "cloze" and set_name in uses:
+            text = "".join(protocol.mllmu_cloze_shot(q.question, q.answer, rendering)
+                           for r in shots for q in r.cloze.get(rendering, []))
+            images = [r.image for r in shots for _ in r.cloze.get(rendering, [])]
+        else:
+            text, images = "", []
+        assert items and all(i.prefix == text for i in items), (task, set_name)
+        want_images = tuple(images) if rendering == "image_text" else ()
+        assert all(len(i.prefix_images) == len(want_images) and all(a is b for a, b in zip(i.prefix_images,
+                                                                                             want_images))
+                   for i in items), (task, set_name)
+        assert all(i.rendering == rendering and (i.image is None) == (rendering == "text_only") for i in items)
+        details = scores[task]["details"]
+        assert details and all(set(d) == DETAIL_KEYS[task] for d in details), task
+        # the shot profiles' own questions are not scored (a celebrity set's drawn IDs find no profile: none out)
+        assert {d["id"] for d in details} == {r.id for r in records if getattr(r, task).get(rendering)} - {r.id for r in shots}
+        assert bool(ids) == (task != "generation") and set(ids) <= {r.id for r in records}  # drawn from the set
+    assert meta["prompts"] == [i.prefix + i.question for items in asked for i in items]
+
+
+def _context_model(limit):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=limit))
+
+
+@pytest.mark.parametrize("limit, kept", [(11, 1), (12, 2), (13, 2), (16, 3)])
+def test_fit_shots_keeps_the_most_shots_whose_prompt_plus_new_tokens_fits_exactly(monkeypatch, limit, kept):
+    from manu_lite.models import Item
+
+    # one token per character: a prompt is its prefix plus its question
+    monkeypatch.setattr(evaluate_module, "_prompt_length", lambda processor, item: len(item.prefix + item.question))
+    items = [Item("q", "text_only", None), Item("qq", "text_only", None)]  # the longest question is 2 long
+    shots = [("aaaa", None)] * 3
+    # k shots: 4k + 2 prompt tokens + 2 new tokens; 12 fits two shots exactly, 11 only one
+    assert evaluate_module._fit_shots(_context_model(limit), None, items, shots, EvalConfig(), 2) == (kept, 3 - kept)
+    if kept < 3:
+        with pytest.raises(ValueError, match=rf"^3 few-shot examples overflow the model's context of {limit} tokens "
+                                             rf"\(only {kept} fit\)"):
+            evaluate_module._fit_shots(_context_model(limit), None, items, shots, EvalConfig(on_overflow="raise"), 2)
+    with pytest.raises(ValueError, match=r"^a prompt without few-shot examples exceeds the model's context of 3 "):
+        evaluate_module._fit_shots(_context_model(3), None, items, shots, EvalConfig(), 2)
+    assert evaluate_module._fit_shots(_context_model(None), None, items, shots, EvalConfig(), 2) == (3, 0)
+
+
+def test_only_test_set_rows_are_scored_on_a_transformed_image():
+    import random
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(image="original", images=["t1", "t2", "t3"])
+    for set_name in ("forget", "retain", "celebrity"):
+        assert evaluate_module._image(record, set_name, random.Random(0)) == "original"
+    assert evaluate_module._image(record, "test", random.Random(0)) == random.Random(0).choice(record.images)
+    assert evaluate_module._image(SimpleNamespace(image="original", images=[]), "test", random.Random(0)) == "original"
+
+
+def test_a_record_without_questions_in_a_rendering_asks_none(small_world, monkeypatch):
+    import dataclasses
+
+    record = small_world.forget[0]
+    # this record has generation and cloze questions in image_text only
+    bare = dataclasses.replace(record, generation={"image_text": record.generation["image_text"]},
+                               cloze={"image_text": record.cloze["image_text"]})
+    asked = []
+    monkeypatch.setattr(evaluate_module, "generate", lambda m, p, a, items, config, **k: asked.append(items) or
+                        ["x" for _ in items])
+    scores = evaluate_set(None, None, ADAPTER, [bare, small_world.forget[1]], "forget", "text_only",
+                          EvalConfig(tasks=("generation", "cloze")))
+    assert scores["generation"]["n"] == len(small_world.forget[1].generation["text_only"])
+    assert scores["cloze"]["n"] == len(small_world.forget[1].cloze["text_only"])
+    assert {d["id"] for t in ("generation", "cloze") for d in scores[t]["details"]} == {small_world.forget[1].id}
