@@ -1,7 +1,7 @@
 """Peak host memory (RSS) to load a full-size synthetic MLLMU-Bench and stream MANU's statistics over it with a
-LLaVA-1.5-shaped model: ours (records hold encoded images, items encoded per batch) next to the eager approach
-(every image of the world decoded at load, every item of a (dataset, rendering) encoded before its first batch,
-as the loader and ``iter_batches`` did before). Each (size, approach) runs in its own subprocess, so the peaks
+LLaVA-1.5-shaped model: ours (records hold each image's parquet cell, not its bytes; items encoded per batch) next
+to the eager approach (every image of the world decoded at load, every item of a (dataset, rendering) encoded
+before its first batch, as the loader and ``iter_batches`` did before). Each (size, approach) runs in its own subprocess, so the peaks
 are separate; the figure is the peak RSS above the RSS right after the model is built (the model's own
 footprint). The eager run stops once it holds ``--eager-cap-gb`` above the model, and projects its peak from
 the share of items it had encoded.
