@@ -345,3 +345,21 @@ def test_a_record_without_questions_in_a_rendering_asks_none(small_world, monkey
     assert scores["generation"]["n"] == len(small_world.forget[1].generation["text_only"])
     assert scores["cloze"]["n"] == len(small_world.forget[1].cloze["text_only"])
     assert {d["id"] for t in ("generation", "cloze") for d in scores[t]["details"]} == {small_world.forget[1].id}
+
+
+def test_mllmu_gives_the_celebrity_set_cloze_shots_but_no_mc_shots(small_world, monkeypatch):
+    # with celebrity profiles in Full_Set the drawn IDs are found: eval.py still shows MC examples only in
+    # forget/retain/test, cloze examples in celebrity too
+    records = small_world.celebrity
+    full_set = {r.id: r for r in list(small_world.forget) + list(small_world.retain) + list(records)}
+    asked = []
+    monkeypatch.setattr(evaluate_module, "generate", lambda m, p, a, items, config, **k: asked.append(items) or
+                        ["nothing" for _ in items])
+    meta = {"draws": {}, "dropped_shots": {}, "prompts": []}
+    evaluate_module.evaluate_set_mllmu(None, None, records, "celebrity", "text_only",
+                                       EvalConfig(mc_protocol="mllmu", tasks=("mc", "cloze")), full_set, meta)
+    mc, cloze = asked
+    assert meta["draws"]["celebrity/text_only/mc"]["few_shot_ids"] and all(i.prefix == "" for i in mc)
+    assert meta["dropped_shots"]["celebrity/text_only/mc"] == {"drawn": 0, "kept": 0, "dropped": 0}
+    assert cloze and all(i.prefix.startswith("USER:\n") for i in cloze)
+    assert meta["dropped_shots"]["celebrity/text_only/cloze"]["drawn"] > 0

@@ -151,3 +151,77 @@ def test_the_routed_experts_warning_names_the_callers_line():
         found = sites.find_sites(_layers(layer), ("language",))
     assert [s.name for s in found] == ["language.0.fc2"]
     assert [_outside_the_package(w.filename) for w in caught] == [True]
+
+
+def test_an_input_projection_wider_than_the_output_reads_but_no_whole_multiple_is_no_layout():
+    # fc1 writes 12 where fc2 reads 8: not one block of 8 (nor a fused pair), so no site
+    rows = site_table(_layers(_MLP(produce=12, read=8)), ("language",))
+    (row,) = [r for r in rows if r["path"] == "layers.0"]
+    assert (row["status"], row["site"]) == ("unrecognized", None)
+    assert row["reason"].endswith("widths disagree (fc2 reads 8, the inputs write [12])")
+    # 16 = 2 x 8 is a fused pair
+    (fused,) = [r for r in site_table(_layers(_MLP(produce=16, read=8)), ("language",)) if r["path"] == "layers.0"]
+    assert (fused["status"], fused["layout"], fused["width"]) == ("site", "fc1 -> fc2 (fused x2)", 8)
+
+
+class _Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
+
+
+def test_site_table_rows_of_an_audio_encoder_a_gated_layout_and_routed_fused_experts():
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.Module()])
+    model.layers[0].mlp = _Gated()
+    experts = nn.Module()
+    experts.gate_up = nn.Parameter(torch.zeros(3, 4, 16))
+    experts.down = nn.Parameter(torch.zeros(3, 8, 4))
+    model.layers[0].experts = experts
+    model.audio_tower = nn.Module()
+    model.audio_tower.layers = nn.ModuleList([nn.Module()])
+    model.audio_tower.layers[0].mlp = _Container()  # MLP-like, no known layout, in an audio encoder
+    model.audio_tower.layers[0].ffn = _MLP(produce=8)  # a known layout in an audio encoder
+    rows = {r["path"]: r for r in site_table(model, ("language",))}
+    assert rows["layers.0.mlp"]["layout"] == "gate_proj/up_proj -> down_proj"
+    audio = "an audio/speech encoder: MANU scores the language and vision towers only"
+    assert {k: (rows[k]["status"], rows[k]["module"], rows[k]["tower"], rows[k]["reason"])
+            for k in ("audio_tower.layers.0.mlp", "audio_tower.layers.0.ffn")} == {
+        "audio_tower.layers.0.mlp": ("excluded", "_Container", None, audio),
+        "audio_tower.layers.0.ffn": ("excluded", "_MLP", None, audio)}
+    assert rows["layers.0.experts"]["status"] == "experts"
+    assert rows["layers.0.experts"]["reason"] == (
+        "routed experts with fused per-expert weights (3 experts, gate_up (3, 4, 16), down (3, 8, 4)): NOT scored — "
+        "their neurons have no nn.Linear output projection to hook, so MANU leaves them untouched (only dense MLPs "
+        "and shared experts are scored)")
+
+
+@pytest.mark.parametrize("n_experts, ellipsis", [(3, False), (4, True)])
+def test_the_experts_warning_shows_three_and_an_ellipsis_beyond(n_experts, ellipsis):
+    layer = nn.Module()
+    layer.mlp = _MLP(produce=8)
+    layer.experts = nn.ModuleList([_MLP(produce=8) for _ in range(n_experts)])
+    with pytest.warns(sites.SiteWarning) as caught:
+        sites.find_sites(_layers(layer), ("language",))
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"find_sites: {n_experts} routed-expert module(s) of Module are NOT scored")
+    shown = [line for line in message.split("\n") if line.startswith("  layers.0.experts.")]
+    assert [line.split(" ")[2] for line in shown] == ["layers.0.experts.0", "layers.0.experts.1", "layers.0.experts.2"]
+    assert ("\n  …\ncheck " in message) is ellipsis
+
+
+def test_two_problems_are_one_message_a_line_apart():
+    from manu_lite import site_messages
+
+    # the language tower has a site in layer 0 but none in layer 1; the vision tower has none at all
+    blocks = [nn.Module(), nn.Module()]
+    blocks[0].mlp, blocks[1].mlp = _MLP(produce=8), nn.Identity()
+    model = _layers(*blocks)
+    rows = sites._survey(model, ("language", "vision"))
+    found = [r.site for r in rows if r.site is not None]
+    want = [site_messages.tower_missing(model, "vision", ("language", "vision"), rows),
+            *site_messages.missing_layers(model, found, rows)]
+    assert len(want) == 2
+    with pytest.raises(ValueError) as error:
+        sites.find_sites(model)
+    assert str(error.value) == want[0] + "\n" + want[1]
