@@ -118,7 +118,12 @@ def _mc(item: dict, at: str) -> MCQuestion:
 
 
 # --------------------------------------------------------------------------------------------------- rows
-def _parse_eval_row(row: dict, where: str, folder: Path, cell_at=lambda column, index=None: None) -> ProfileRecord:
+def _no_cell(column: str, index: int | None = None) -> None:
+    """``cell_at`` for records that keep their image bytes (no parquet cell)."""
+    return None
+
+
+def _parse_eval_row(row: dict, where: str, folder: Path, cell_at=_no_cell) -> ProfileRecord:
     text = {k: row.get(k) if isinstance(row.get(k), str) else "" for k in ("biography", "question", "answer")}
     record = ProfileRecord(id=_id(row, where), image=_image(row.get("image"), where, folder, cell_at("image")),
                            **text)
@@ -146,7 +151,7 @@ def _parse_eval_row(row: dict, where: str, folder: Path, cell_at=lambda column, 
     return record
 
 
-def _parse_train_row(row: dict, where: str, folder: Path, cell_at=lambda column, index=None: None) -> ProfileRecord:
+def _parse_train_row(row: dict, where: str, folder: Path, cell_at=_no_cell) -> ProfileRecord:
     raw = _require(row, "metadata", (str, list), where)
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
@@ -253,7 +258,7 @@ def load_bench(source: str, config: str, *, revision: str = HUB_REVISION, keep=N
                                        f"one of the two rows of ID {row['ID']!r}")
             seen[key] = f"row {len(seen)} ({row['ID']!r})"
             if keep is None or keep(key):
-                cell_at = (lambda column, index=None: None) if keep_bytes else \
+                cell_at = _no_cell if keep_bytes else \
                     (lambda column, index=None: ParquetCell(path, number, column, index, stamp))
                 records.append(parse(row, where, Path(path).parent, cell_at))
     if not seen:

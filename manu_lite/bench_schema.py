@@ -14,6 +14,7 @@ is encoded, so a record costs its compressed image, not its pixels. :func:`write
 from __future__ import annotations
 
 import bisect
+import functools
 import io
 import itertools
 import os
@@ -107,19 +108,25 @@ _ROW_GROUPS: OrderedDict = OrderedDict()
 _ROW_GROUPS_HELD = 2
 
 
+@functools.lru_cache(maxsize=64)
+def _row_group_starts(path: str, stamp: tuple[int, int]) -> list[int]:
+    """The first row of each row group of ``path`` (and the row count last), read once per file version."""
+    metadata = pq.ParquetFile(path).metadata
+    return list(itertools.accumulate((metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)),
+                                     initial=0))
+
+
 def read_cell(cell: ParquetCell) -> bytes:
     """The encoded image bytes at ``cell``, read from its parquet file (one row group, kept for the next reads)."""
     if file_stamp(cell.path) != cell.stamp:
         raise BenchSchemaError(f"{cell.path} changed after it was loaded (size or modification time), so row "
                                f"{cell.row}'s {cell.column} may be another image now; load the split again "
                                "(load_world / load_bench)")
-    file = pq.ParquetFile(cell.path)
-    starts = list(itertools.accumulate((file.metadata.row_group(g).num_rows
-                                        for g in range(file.metadata.num_row_groups)), initial=0))
+    starts = _row_group_starts(cell.path, cell.stamp)
     group = bisect.bisect_right(starts, cell.row) - 1
     key = (cell.path, cell.stamp, group, cell.column)
     if key not in _ROW_GROUPS:
-        _ROW_GROUPS[key] = file.read_row_group(group, columns=[cell.column]).column(0)
+        _ROW_GROUPS[key] = pq.ParquetFile(cell.path).read_row_group(group, columns=[cell.column]).column(0)
         while len(_ROW_GROUPS) > _ROW_GROUPS_HELD:
             _ROW_GROUPS.popitem(last=False)
     _ROW_GROUPS.move_to_end(key)

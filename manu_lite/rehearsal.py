@@ -232,8 +232,7 @@ def write_rehearsal_hub(hf_home: str | Path, *, profiles: int = BENCH_PROFILES,
 
     Use it with ``HF_HOME=hf_home`` (or ``HF_HUB_CACHE=<returned path>``) and ``HF_HUB_OFFLINE=1``: then
     ``from_pretrained("MLLMMU/LLaVA_Vanilla")``, ``load_world("MLLMMU/MLLMU-Bench")`` and ``load_mmmu("MMMU/MMMU")``
-    read it. A complete
-    earlier cache (same arguments) is reused as it is.
+    read it. A complete earlier cache (same arguments) is reused as it is.
     """
     cache = Path(hf_home) / "hub"
     stamp = cache / "manu_lite_rehearsal.json"
