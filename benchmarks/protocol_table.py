@@ -10,10 +10,12 @@ letter. The memorization gate of the vanilla run is printed for each protocol.
 ``--pretrain`` uses the opt-in recipe of :mod:`manu_lite.pretrain` (a base pretrained on a separate population in
 the benchmark's formats, context ``--max-positions``, then the world in question → answer form); ``--base`` also
 scores that base before fine-tuning and the same architecture untrained (both should be near chance on the world's
-people); ``--manu`` prunes with the demo's ``TINY_MANU`` and prints MANU's drops under ``mllmu`` and ``likelihood``.
+people); ``--replay`` mixes the base's format items into the world's fine-tune (``TrainConfig.replay``);
+``--manu`` prunes with the demo's ``TINY_MANU`` and prints MANU's drops under ``mllmu`` and ``likelihood``.
 
     python benchmarks/protocol_table.py                  # forget + retain, both renderings, the default recipe
     python benchmarks/protocol_table.py --pretrain --base --manu --out runs/protocol_table_pretrain.json
+    python benchmarks/protocol_table.py --pretrain --pretrain-epochs 40 --replay 1 --base --own   # the frontier
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from manu_lite.finetune import TrainConfig, pretrained_base, vanilla_model
 from manu_lite.manu import manu_unlearn
 from manu_lite.models import PromptAdapter, TinySpec, build_tiny_llava, tokenizer_of
 from manu_lite.bench import World
-from manu_lite.pretrain import PretrainConfig, population
+from manu_lite.pretrain import TASKS, PretrainConfig, population
 from manu_lite.profiles import profile_world
 
 PROTOCOLS = ("mllmu", "likelihood", "likelihood_norm", "likelihood_letter")
@@ -71,6 +73,10 @@ def main() -> None:
     parser.add_argument("--pretrain", action="store_true", help="the opt-in pretrained recipe (manu_lite.pretrain)")
     parser.add_argument("--pretrain-people", type=int, default=PretrainConfig.people)
     parser.add_argument("--pretrain-epochs", type=int, default=PretrainConfig.epochs)
+    parser.add_argument("--pretrain-tasks", nargs="+", default=list(TASKS), choices=TASKS,
+                        help="the formats the base learns (manu_lite.pretrain.TASKS)")
+    parser.add_argument("--replay", type=float, default=0.0,
+                        help="format items of the base's population mixed in per world item (TrainConfig.replay)")
     parser.add_argument("--max-positions", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="fine-tune epochs on the world")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="fine-tune learning rate on the world")
@@ -86,10 +92,14 @@ def main() -> None:
     spec, pretrain = TinySpec(), None
     if args.pretrain:
         spec = TinySpec(max_positions=args.max_positions)
-        pretrain = PretrainConfig(people=args.pretrain_people, epochs=args.pretrain_epochs)
+        pretrain = PretrainConfig(people=args.pretrain_people, epochs=args.pretrain_epochs,
+                                  tasks=tuple(args.pretrain_tasks))
     started = time.perf_counter()
-    model, processor, adapter = vanilla_model(world, spec, TrainConfig(epochs=args.epochs, lr=args.lr, pretrain=pretrain,
-                                                                        lora=args.lora > 0, lora_r=args.lora or 16))
+    # Replayed few-shot prompts are ~10x longer than the world's pairs: batch them by length, as the base is.
+    buckets = PretrainConfig.length_buckets if args.replay else 1
+    model, processor, adapter = vanilla_model(world, spec, TrainConfig(
+        epochs=args.epochs, lr=args.lr, pretrain=pretrain, lora=args.lora > 0, lora_r=args.lora or 16,
+        replay=args.replay, length_buckets=buckets))
     trained = round(time.perf_counter() - started, 1)
     scored = world.with_retain_sample(args.retain_people)
     rows, metas = {}, {}

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import warnings
@@ -50,6 +51,15 @@ class TrainConfig:
     # Batches of similar length: the items are split into this many groups by token count (1: no split, batches as
     # iter_batches makes them). Few-shot prompts are ~10x longer than bare pairs; mixed batches pad them all.
     length_buckets: int = 1
+    # With ``pretrain``: this many of the base's format items (its own population, a seeded draw) are mixed in per
+    # world item, so the fine-tune does not erase the formats (0: the world's question → answer pairs only, as the
+    # benchmark fine-tunes on ft_Data). The project's own variant, measured in book/benchmark_protocol.md.
+    replay: float = 0.0
+
+    def __post_init__(self):
+        if self.replay < 0 or (self.replay and self.pretrain is None):
+            raise ValueError(f"replay={self.replay} needs a pretrained base to replay from and must be >= 0: set "
+                             "TrainConfig(pretrain=PretrainConfig(), replay=1.0), or replay=0.0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +73,30 @@ def training_items(records, renderings=("image_text", "text_only")) -> list[Item
             image = record.image if rendering == "image_text" else None
             items += [Item(qa.question, rendering, image, qa.answer) for qa in qa_pairs(record, rendering)]
     return items
+
+
+def fine_tune_items(records, config: TrainConfig) -> tuple[list[Item], PromptAdapter]:
+    """The items a tiny model is fine-tuned on and the adapter that encodes them: ``(items, adapter)``.
+
+    Without ``config.replay``: :func:`training_items` of ``records`` under LLaVA's plain prompt. With it, the same
+    pairs as full prompts (:class:`~manu_lite.pretrain.BenchmarkPrompts`) plus ``round(replay * len(pairs))`` of the
+    base's format items drawn without replacement with ``random.Random(config.seed)``.
+    """
+    llava = PromptAdapter("llava")
+    items = training_items(records, config.renderings)
+    if not config.replay:
+        return items, llava
+    pretrain = config.pretrain
+    full, facts = population(pretrain)
+    formats = format_items(full, facts, pretrain.tasks, pretrain.train_seed)
+    count = round(config.replay * len(items))
+    if count > len(formats):
+        raise ValueError(f"replay={config.replay} asks for {count} format items but the pretraining population "
+                         f"({pretrain.people} people) has {len(formats)}: lower TrainConfig.replay or raise "
+                         "PretrainConfig.people")
+    pairs = [Item(llava.prompt(i.question, i.rendering), i.rendering, i.image, llava.answer_prefix + i.answer)
+             for i in items]
+    return pairs + random.Random(config.seed).sample(formats, count), BenchmarkPrompts()
 
 
 def add_lora(model, r: int):
@@ -239,13 +273,13 @@ def _tiny_model(world: World, spec, config, progress: bool, use_cache: bool, ret
         model, processor = pretrained_base(spec, config.pretrain, progress=progress, use_cache=use_cache)
     else:
         model, processor, adapter = build_tiny(tokenizer_corpus(records, adapter), spec, seed=config.seed)
-    items = training_items(records, config.renderings)
+    items, encoding = fine_tune_items(records, config)
     if retain:
-        target = _steps(processor, adapter, items, config)
-        items = training_items(retain_records(world), config.renderings)
-        per_epoch = _steps(processor, adapter, items, replace(config, epochs=1))
+        target = _steps(processor, encoding, items, config)
+        items, encoding = fine_tune_items(retain_records(world), config)
+        per_epoch = _steps(processor, encoding, items, replace(config, epochs=1))
         config = replace(config, epochs=max(1, round(target / per_epoch)))
-    losses = train(model, processor, adapter, items, config, progress,
+    losses = train(model, processor, encoding, items, config, progress,
                    desc="retain model (no forget people)" if retain else "memorize the world")
     save_cached(path, model, processor, {"final_loss": losses[-1], "steps": len(losses), "epochs": config.epochs})
     return model, processor, adapter

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manu_lite.finetune import TrainConfig, pretrained_base, retain_model, vanilla_model
-from manu_lite.models import TinySpec, build_tiny_llava, encode_item, tokenizer_of
+from manu_lite.finetune import (TrainConfig, fine_tune_items, pretrained_base, retain_model, training_items,
+                                vanilla_model, vanilla_records)
+from manu_lite.models import PromptAdapter, TinySpec, build_tiny_llava, encode_item, tokenizer_of
 from manu_lite.pretrain import BenchmarkPrompts, PretrainConfig, format_items, population, shifted
 from manu_lite.protocol import mllmu_cloze_prompt, mllmu_generation_prompt, mllmu_letter, mllmu_mc_prompt
 
@@ -83,6 +84,37 @@ def test_config_errors_name_the_fix():
         PretrainConfig(tasks=("essay",))
     with pytest.raises(ValueError, match="use >= 20"):
         PretrainConfig(people=5)
+    with pytest.raises(ValueError, match="needs a pretrained base"):
+        TrainConfig(replay=1.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        TrainConfig(pretrain=SMALL, replay=-0.5)
+
+
+def test_replay_mixes_the_bases_formats_into_the_fine_tune_and_encodes_the_pairs_unchanged(small_world, small_vanilla):
+    _, processor, llava = small_vanilla
+    records = vanilla_records(small_world)
+    pairs = training_items(records)
+    assert fine_tune_items(records, TrainConfig()) == (pairs, PromptAdapter("llava"))
+    config = TrainConfig(pretrain=PretrainConfig(people=20, seed=7), replay=0.5)
+    items, adapter = fine_tune_items(records, config)
+    assert isinstance(adapter, BenchmarkPrompts) and len(items) == len(pairs) + round(0.5 * len(pairs))
+    # The world's pairs, now full prompts, encode to the very tokens and labels LLaVA's plain prompt gives them.
+    for plain, full in zip(pairs[:40:7], items[:40:7]):
+        expected, got = encode_item(processor, llava, plain), encode_item(processor, adapter, full)
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    # The replayed items are the base's own population in the benchmark's formats, a seeded draw.
+    formats = format_items(*population(config.pretrain), config.pretrain.tasks, config.pretrain.train_seed)
+    replayed = items[len(pairs):]
+
+    def texts(batch):  # images are loaded anew by each population() call: compare what is written
+        return [(i.rendering, i.prefix, i.question, i.answer) for i in batch]
+
+    assert set(texts(replayed)) <= set(texts(formats)) and any("Just give ONE letter" in i.question for i in replayed)
+    assert texts(fine_tune_items(records, config)[0]) == texts(items)
+    reseeded = fine_tune_items(records, TrainConfig(pretrain=config.pretrain, replay=0.5, seed=1))[0]
+    assert texts(reseeded[len(pairs):]) != texts(replayed)
+    with pytest.raises(ValueError, match="has .* lower TrainConfig.replay or raise PretrainConfig.people"):
+        fine_tune_items(records, TrainConfig(pretrain=config.pretrain, replay=100.0))
 
 
 def test_the_base_is_cached_hash_checked_and_starts_vanilla_and_retain(small_world, model_cache):
