@@ -1,12 +1,11 @@
 """``manu-lite compare``: Vanilla, GA, GradDiff, KL, NPO and MANU (paper, reference, balanced) on one world and split.
 
-Every method starts from the same vanilla weights, is evaluated with the same :class:`EvalConfig`, and is
-measured the same way (wall time and peak memory of the unlearning step). Small models are deep-copied per
-method; with LoRA baselines (``unlearn.lora``: quantized or large models) nothing is copied: each baseline
-trains fresh adapters that are removed afterwards, MANU's mask is applied and restored (:func:`unlearned`).
-With ``mmmu_source`` every model is also scored on MMMU, the paper's general-utility measure. On top of the
-paper's protocol come sweeps (MANU over alpha, per formulation and token positions; baselines over steps), and two
-checks the paper lists as limitations: a relearning attack (not on the LoRA path) and membership inference.
+Every method starts from the same vanilla weights, is evaluated with the same :class:`EvalConfig`, and is measured
+the same way (wall time and peak memory of the unlearning step). Small models are deep-copied per method; with LoRA
+baselines (``unlearn.lora``: quantized or large models, :func:`profile_compare`) nothing is copied: each baseline
+trains fresh adapters that are removed afterwards, MANU's mask is applied and restored (:func:`unlearned`). With
+``mmmu_source`` every model is also scored on MMMU (general utility). Beyond the paper's protocol: sweeps (MANU over
+alpha, formulation, positions; baselines over steps), a relearning attack (not on the LoRA path), membership inference.
 
 Outputs under ``out`` (all JSON written atomically):
 
@@ -36,13 +35,14 @@ from .attacks import membership_auc, recovery, relearn_attack
 from .baselines import METHODS as BASELINES
 from .baselines import UnlearnConfig, lora_adapters, unlearn_with
 from .bench import World
-from .config import RENDERINGS, TINY_EVAL, EvalConfig, ManuConfig
+from .config import RENDERINGS, TINY_EVAL, EvalConfig, ManuConfig, Profile, resolve_profile
 from .cost import measure
 from .evaluate import Results, evaluate
 from .finetune import TrainConfig, training_items
 from .mmmu import MMMUConfig, evaluate_mmmu, load_mmmu
 from .models import PromptAdapter
-from .report import paper_table, summary_table, write_table
+from .profiles import for_hub_model
+from .report import paper_table, summary_table, with_mmmu, write_table
 from .steps import free_memory
 from .scores import balance, best_at_retain_budget, distance_to_retain, drops, question_records
 
@@ -104,6 +104,14 @@ class CompareConfig:
         return asdict(self)
 
 
+def profile_compare(profile: Profile | str | None, **settings) -> CompareConfig:
+    """The CompareConfig of a profile: its evaluation and MANU settings, ``settings`` (any field) on top; on a hub
+    model (colab, full) LoRA baselines and MANU statistics in the profile's batch size (profiles.for_hub_model)."""
+    profile = resolve_profile(profile)
+    config = CompareConfig(**{"evaluation": profile.evaluation, "manu": profile.manu, **settings})
+    return config if profile.model == "tiny" else for_hub_model(config, profile.batch_size)
+
+
 # ------------------------------------------------------------------------------------------------ methods
 def manu_config(config: CompareConfig, method: str) -> ManuConfig:
     return replace(config.manu, formulation=MANU_METHODS[method])
@@ -144,9 +152,8 @@ def unlearned(method: str, vanilla, processor, adapter: PromptAdapter, world: Wo
 
 
 def _fresh(method: str, vanilla, config: CompareConfig):
-    """The model a method starts from. Full fine-tuning (small models): a deep copy of ``vanilla``. LoRA
-    (``config.unlearn.lora``: quantized or large models): ``vanilla`` itself, for a baseline wrapped in fresh
-    adapters that are removed on exit (:func:`manu_lite.baselines.lora_adapters`); no copy is made."""
+    """The model a method starts from: a deep copy of ``vanilla`` (full fine-tuning, small models), or with LoRA
+    (``config.unlearn.lora``) ``vanilla`` itself, for a baseline in fresh adapters removed on exit (no copy)."""
     if not config.unlearn.lora:
         return contextlib.nullcontext(copy.deepcopy(vanilla))
     if method in BASELINES:
@@ -223,12 +230,6 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def with_mmmu(table, mmmu):
-    """``table`` (rows = methods) plus ``MMMU %``, each method's overall accuracy in ``mmmu`` (set="mmmu")."""
-    overall = {r["method"]: round(100 * r["value"], 1) for r in mmmu if r["task"] == "overall"}
-    return table.assign(**{"MMMU %": [overall.get(m) for m in table.index]}) if overall else table
-
-
 # ------------------------------------------------------------------------------------------------ workflow
 @dataclass
 class Comparison:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .artifacts import CorruptArtifactError, file_hash
 from .bench import World, qa_pairs
 from .models import (Item, PromptAdapter, TinySpec, answer_nll, build_tiny, build_tiny_llava, build_tiny_processor,
-                     encode_item, iter_batches, model_device, to_device, train_tokenizer)
+                     cpu_packed_4bit_layers, encode_item, iter_batches, model_device, to_device, train_tokenizer)
 from .pretrain import BenchmarkPrompts, PretrainConfig, format_items, items_fingerprint, population
 
 
@@ -105,6 +105,12 @@ def add_lora(model, r: int):
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
         raise ImportError("LoRA fine-tuning needs peft: pip install 'manu-lite[gpu]'") from exc
+    packed = cpu_packed_4bit_layers(model)
+    if packed:
+        raise ValueError(f"{len(packed)} 4-bit layers ({', '.join(packed[:3])}, ...) were repacked by bitsandbytes for "
+                         "CPU inference, where gradients through them are wrong: load the model with "
+                         "manu_lite.models.load_mllm, or call keep_cpu_4bit_differentiable(model) before its first "
+                         "forward")
     # LoRA on the language model's linear layers only, as the benchmark's fine-tune does.
     targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
                and "lm_head" not in name and "vision" not in name and "projector" not in name]

@@ -175,7 +175,30 @@ def load_mllm(name: str, *, dtype: str | torch.dtype = "auto", load_in_4bit: boo
         raise OSError(f"could not load {name!r} ({exc}). Offline and not cached? Download it once with network "
                       "access (huggingface-cli download NAME), pass a local path, or use the tiny profile, "
                       "which needs no download") from exc
+    if load_in_4bit:
+        keep_cpu_4bit_differentiable(model)
     return model.eval(), processor, prompt_adapter_for(processor)
+
+
+def keep_cpu_4bit_differentiable(model) -> None:
+    """Stop bitsandbytes repacking ``model``'s 4-bit weights for its CPU inference kernel (no-op on a GPU).
+
+    bitsandbytes >= 0.49, on a CPU with AVX512-BF16, converts a ``Linear4bit`` weight to a packed layout on the first
+    forward in eval mode and from then on computes the layer with a kernel that autograd does not differentiate: LoRA
+    gradients through it come out wrong (relative error 1.06 against the dequantized model, measured on the
+    rehearsal's LLaVA) and a trainable bias raises "a view of a leaf Variable ... in-place operation". Evaluation
+    before training is the normal order (compare, sweeps), so the weights keep one layout for both.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def cpu_packed_4bit_layers(model) -> list[str]:
+    """Names of ``model``'s 4-bit layers already repacked for bitsandbytes' CPU inference kernel (see
+    :func:`keep_cpu_4bit_differentiable`): gradients through them would be wrong."""
+    return [name for name, module in model.named_modules()
+            if getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
 
 
 def check_4bit_support() -> None:

@@ -187,6 +187,14 @@ def profile_manu(profile: Profile | str | None) -> ManuConfig:
     return resolve_profile(profile).manu
 
 
+def for_hub_model(config, batch_size: int = 4):
+    """A :class:`~manu_lite.compare.CompareConfig` for a hub model (7B-class, often 4-bit): the baselines train
+    LoRA adapters on the one loaded model (no per-method copy; 4-bit weights cannot be trained themselves) and
+    MANU's statistics are collected in batches of ``batch_size``."""
+    return dataclasses.replace(config, unlearn=dataclasses.replace(config.unlearn, lora=True),
+                               manu_batch_size=batch_size)
+
+
 # ---------------------------------------------------------------------------------------------- the session
 def interactive() -> bool:
     """True when a person drives this kernel, so widgets and live progress bars make sense.

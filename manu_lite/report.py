@@ -173,3 +173,9 @@ def plot_robustness(summary: dict, path) -> Path:
         return {m: (None if v != v else v) for m, v in zip(methods, values)}
 
     return save_figure(fig, path, {**{name: finite(values) for name, values in series.items()}, "mia_auc": finite(aucs)})
+
+
+def with_mmmu(table, mmmu):
+    """``table`` (rows = methods) plus ``MMMU %``, each method's overall accuracy in ``mmmu`` (set="mmmu")."""
+    overall = {r["method"]: round(100 * r["value"], 1) for r in mmmu if r["task"] == "overall"}
+    return table.assign(**{"MMMU %": [overall.get(m) for m in table.index]}) if overall else table

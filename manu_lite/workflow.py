@@ -17,7 +17,7 @@ from .evaluate import Results, evaluate
 from .finetune import cache_dir
 from .manu import manu_unlearn
 from .profiles import load_model as load_named_model
-from .profiles import make_world_data, tiny_vanilla, tiny_world
+from .profiles import for_hub_model, make_world_data, tiny_vanilla, tiny_world
 from .prune import NeuronMask
 
 __all__ = ["cache_dir", "make_world_data", "world_for", "tiny_vanilla", "evaluate_model", "unlearn", "demo",
@@ -136,8 +136,7 @@ def compare_command(world: World, args) -> str:
         # Never-seen people for membership inference: a separately seeded synthetic bench.
         holdout = unseen_people(world, Path(args.out), config.mia_people, args.seed + 1) if args.data is None else None
     else:
-        config = replace(config, unlearn=replace(config.unlearn, lora=True), evaluation=evaluation,
-                         manu_batch_size=4)
+        config = replace(for_hub_model(config), evaluation=evaluation)
         holdout = None
     unlearn_knobs = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
     config = replace(config, unlearn=replace(config.unlearn, renderings=args.renderings, seed=args.seed, **unlearn_knobs),

@@ -104,3 +104,18 @@ def test_compare_refuses_unknown_methods():
         CompareConfig(methods=("vanilla", "gd"))
     with pytest.raises(ValueError, match="relearn_fraction"):
         replace(CompareConfig(), relearn_fraction=0)
+
+
+def test_profile_compare_trains_lora_baselines_on_hub_profiles_only():
+    """Chapter 05's config: on colab/full the baselines train LoRA adapters on the one loaded (4-bit) model; a full
+    fine-tune there deep-copied the model and raised in bitsandbytes' 4-bit matmul (issue 14)."""
+    from manu_lite.config import PROFILES
+    from manu_lite.compare import profile_compare
+
+    tiny = profile_compare("tiny", step_grid=(5,))
+    assert not tiny.unlearn.lora and tiny.manu_batch_size == CompareConfig().manu_batch_size
+    assert tiny.evaluation == PROFILES["tiny"].evaluation and tiny.manu == PROFILES["tiny"].manu
+    for name in ("colab", "full"):
+        config = profile_compare(name, step_grid=(5,), attacks=False)
+        assert config.unlearn.lora and config.manu_batch_size == PROFILES[name].batch_size
+        assert config.evaluation == PROFILES[name].evaluation and config.step_grid == (5,) and not config.attacks
