@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 import manu_lite.baselines as baselines
 from manu_lite.baselines import FrozenReference, UnlearnConfig, answer_kl, npo_loss, unlearn_with
 from manu_lite.finetune import training_items
-from manu_lite.models import answer_nll, encode
+from manu_lite.models import answer_nll, encode, encode_item
 
 
 class _FixedLogits(torch.nn.Module):
@@ -172,3 +173,84 @@ def test_retain_batches_hold_only_retain_people(small_world, small_vanilla, monk
             expected = -answer_nll(frozen, args[1]) + 0.7 * answer_nll(frozen, args[2])
         assert report["losses"][0] == pytest.approx(expected.item(), rel=1e-4)
         assert report["losses"][1] != pytest.approx(report["losses"][0], rel=1e-6)
+
+
+def test_kl_loss_is_ascent_on_forget_plus_weighted_kl_on_retain(small_vanilla, forget_batch):
+    """``kl_loss`` = −NLL(forget) + w · KL(p_ref ‖ p_θ)(retain), each term computed here on its own (a reference
+    that differs from the model, so the KL term is not zero and its sign shows)."""
+    model, _, _ = small_vanilla
+    retain = forget_batch
+    with torch.no_grad():
+        reference_logits = model(**{k: v for k, v in retain.items() if k != "labels"}).logits + \
+            torch.linspace(-2, 2, model.config.text_config.vocab_size)
+        nll = answer_nll(model, forget_batch).item()
+        kl = answer_kl(model, reference_logits, retain).item()
+        loss = baselines.kl_loss(model, forget_batch, retain, reference_logits, retain_weight=0.7).item()
+    assert kl > 0.01
+    assert loss == pytest.approx(-nll + 0.7 * kl, rel=1e-5)
+
+
+def test_answer_kl_with_one_answer_token_is_that_tokens_kl():
+    ref_logits = torch.tensor([[[4.0, 0.0], [0.0, 0.0]]])
+    cur_logits = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    batch = {"input_ids": torch.zeros(1, 2, dtype=torch.long), "labels": torch.tensor([[-100, 0]])}
+    p = torch.softmax(ref_logits[0, 0], -1)
+    q = torch.softmax(cur_logits[0, 0], -1)
+    expected = float((p * (p / q).log()).sum())
+    assert answer_kl(_FixedLogits(cur_logits), ref_logits, batch).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lazy_encoding_holds_exactly_its_byte_budget(small_world, small_vanilla):
+    """Encodings are counted in bytes (numel × element size); one that fills the budget exactly is kept, and a
+    budget one byte smaller keeps nothing (each item is then encoded anew, identically)."""
+    _, processor, adapter = small_vanilla
+    items = training_items(small_world.forget_train, ("image_text",))[:3]
+    sizes = [sum(v.numel() * v.element_size() for v in encode_item(processor, adapter, i).values()
+                 if isinstance(v, torch.Tensor)) for i in items]
+    exact = baselines._LazyEncoding(processor, adapter, items, max_bytes=sizes[0])
+    first = exact[0]
+    assert exact.held == sizes[0] and list(exact.cache) == [0] and exact[0] is first
+    exact[1]  # does not fit beside item 0: item 0 is dropped first
+    assert list(exact.cache) == ([1] if sizes[1] <= sizes[0] else []) and exact.held == sum(
+        sizes[i] for i in exact.cache)
+    small = baselines._LazyEncoding(processor, adapter, items, max_bytes=sizes[0] - 1)
+    again = small[0]
+    assert not small.cache and small.held == 0 and small[0] is not again
+    assert all(torch.equal(again[k], small[0][k]) for k in again if isinstance(again[k], torch.Tensor))
+    roomy = baselines._LazyEncoding(processor, adapter, items, max_bytes=sum(sizes))
+    [roomy[i] for i in range(3)]
+    assert roomy.held == sum(sizes) and list(roomy.cache) == [0, 1, 2]
+
+
+def test_no_items_to_unlearn_on_says_so(small_world, small_vanilla):
+    model, processor, adapter = small_vanilla
+    empty = replace(small_world, forget_train=[])
+    with pytest.raises(ValueError, match="^no items to unlearn on: the world has no question/answer pairs in these "
+                                         "renderings$"):
+        unlearn_with("ga", copy.deepcopy(model), processor, adapter, empty, UnlearnConfig(steps=1), progress=False)
+
+
+def test_batch_size_one_is_a_batch_and_zero_is_not():
+    assert UnlearnConfig(batch_size=1).batch_size == 1
+    with pytest.raises(ValueError, match="batch_size=0 must be"):
+        UnlearnConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("method,references", [("ga", 0), ("graddiff", 0), ("kl", 1), ("npo", 1)])
+def test_only_kl_and_npo_hold_a_frozen_reference(small_world, small_vanilla, monkeypatch, method, references):
+    """A frozen reference is a second copy of the model (full fine-tuning): GA and GradDiff must not build one
+    (on a 7B model it is the memory of a second model)."""
+    model, processor, adapter = small_vanilla
+    built = []
+    monkeypatch.setattr(baselines, "FrozenReference",
+                        lambda *a, **k: built.append(a) or FrozenReference(*a, **k))
+    unlearn_with(method, copy.deepcopy(model), processor, adapter, small_world,
+                 UnlearnConfig(steps=1, batch_size=2, renderings="text_only"), progress=False)
+    assert len(built) == references
+
+
+def test_the_progress_bar_names_the_method(small_world, small_vanilla, capsys):
+    model, processor, adapter = small_vanilla
+    unlearn_with("graddiff", copy.deepcopy(model), processor, adapter, small_world,
+                 UnlearnConfig(steps=1, batch_size=2, renderings="text_only"), progress=True)
+    assert "unlearn graddiff" in capsys.readouterr().err

@@ -147,8 +147,41 @@ def test_all_reduce_of_one_site_and_the_uninitialised_refusal(monkeypatch):
     with pytest.raises(RuntimeError, match=r"^torch.distributed is not initialised; call "
                                            r"torch.distributed.init_process_group first$"):
         stats.all_reduce_()
-    fake = _fake_dist(monkeypatch, None)
     acts = [torch.tensor([[1.0, -2.0], [3.0, 0.25]]), torch.tensor([[-1.0, 4.0], [2.0, 2.0], [0.5, -0.5]])]
-    out = fake.run(lambda rank: NeuronStats.from_activations(acts[rank], 0.5).all_reduce_())
-    for merged in out.values():
-        _assert_same(merged, torch.cat(acts), 0.5)
+    for group in (None, object()):  # the default group, and a group passed through to every collective
+        fake = _fake_dist(monkeypatch, group)
+        out = fake.run(lambda rank: NeuronStats.from_activations(acts[rank], 0.5).all_reduce_(
+            *(() if group is None else (group,))))
+        for merged in out.values():
+            _assert_same(merged, torch.cat(acts), 0.5)
+
+
+def test_m2_accumulates_in_float64_over_many_float32_tokens():
+    """M2 of 200k float32 tokens far from zero equals the float64 two-pass value to 1e-9: the squared deviations
+    are summed in float64 (a float32 total is off by ~1e-7 here)."""
+    g = torch.Generator().manual_seed(3)
+    acts = (torch.randn(200_000, 4, generator=g, dtype=torch.float64) * 0.3 + 7.0).float()
+    stats = NeuronStats.from_activations(acts, 0.5)
+    a = acts.double()
+    assert torch.allclose(stats.m2, ((a - a.mean(0)) ** 2).sum(0), rtol=1e-9, atol=0)
+
+
+def test_language_token_and_finite_checks_say_exactly_what_to_do():
+    from types import SimpleNamespace
+
+    from manu_lite.stats import _check_finite, check_language_tokens
+
+    empty = {"language.0.fc2": NeuronStats.zeros(2, 0.1)}
+    site = [SimpleNamespace(name="language.0.fc2", tower="language")]  # a site as the check reads it
+    with pytest.raises(ValueError, match=r"^no language-model token was selected with positions='recall': every "
+                                         r"label is -100, so there is no answer token to recall; check the labels "
+                                         r"or use positions='all'$"):
+        check_language_tokens(empty, site, "recall")
+    with pytest.raises(ValueError, match=r"^no language-model token was selected with positions='all'$"):
+        check_language_tokens(empty, site, "all")
+    table = StatsTable({"language.0.fc2": NeuronStats.from_activations(torch.tensor([[float("nan"), 1.0]]), 0.1)})
+    with pytest.raises(ValueError, match=r"^non-finite \(NaN/Inf\) neuron activations at site\(s\) "
+                                         r"\['language.0.fc2'\] in batch 3; check the model weights, its dtype "
+                                         r"\(fp16 overflows: load with dtype=torch.bfloat16\) and the inputs of "
+                                         r"that batch$"):
+        _check_finite(table, 3)
