@@ -163,7 +163,12 @@ if cpu_packed_4bit_layers(again):  # CPUs without AVX512-BF16 never repack
 """, rehearsal[2])
 
 
-def _execute(name: str, env: dict, monkeypatch, timeout: int = 600):
+# Per cell: chapter 05's one compare cell (eight methods, their sweeps, every set evaluated after each) is most of
+# the chapter, over 600 s on two shared CPU cores.
+CELL_TIMEOUT = 2400
+
+
+def _execute(name: str, env: dict, monkeypatch, timeout: int = CELL_TIMEOUT):
     """Run one notebook as a Colab user would: the parameters cell says ``PROFILE = "colab"``, then every cell."""
     import nbformat
     from nbclient import NotebookClient
