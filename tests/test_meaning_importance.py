@@ -87,3 +87,17 @@ def test_score_per_rendering_ranks_a_site_seen_on_one_token_and_leaves_out_one_n
     swapped = {("forget", "text_only"): {"language.0.fc2": acts(1), "language.1.fc2": NeuronStats.zeros(4, TAU)},
                ("retain", "text_only"): {"language.0.fc2": acts(1), "language.1.fc2": acts(3)}}
     assert list(score_per_rendering(swapped, ManuConfig(formulation="balanced"))["text_only"]) == ["language.0.fc2"]
+
+
+def test_the_two_refusals_say_exactly_what_to_do():
+    from manu_lite import importance
+    from manu_lite.config import ManuConfig
+
+    with pytest.raises(ValueError, match=r"^paper_vision='exclude' leaves no candidate: towers are only vision; score "
+                                         r"the language tower or use paper_vision='as_written'$"):
+        importance._paper_candidates({("forget", "image_text"): {"vision.0.fc2": NeuronStats.zeros(2, 0.1)}},
+                                     ManuConfig(formulation="paper", towers=("vision",), paper_vision="exclude"))
+    with pytest.raises(ValueError, match=r"^emulate_released_defects=True scores projection outputs "
+                                         r"\(manu_lite.released\), not these neuron statistics; run manu_unlearn\("
+                                         r"model, processor, forget, retain, config\), which collects them$"):
+        importance.select_reference({}, ManuConfig(formulation="reference", emulate_released_defects=True))
