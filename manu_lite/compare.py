@@ -229,7 +229,6 @@ def run_sweeps(vanilla, processor, adapter: PromptAdapter, world: World, config:
     return records, points
 
 
-# ------------------------------------------------------------------------------------------------ tables
 # ------------------------------------------------------------------------------------------------ workflow
 @dataclass
 class Comparison:
