@@ -10,8 +10,7 @@ alpha, formulation, positions; baselines over steps), a relearning attack (not o
 Outputs under ``out`` (all JSON written atomically):
 
 ``results.json``       tidy records ``{method, set, rendering, task, metric, value, n}`` of every method.
-``table.csv|.md``      the paper-style table: rows = methods; columns = set × task × rendering (percent), then
-                       unlearning seconds and peak memory.
+``table.csv|.md``      the paper-style table: rows = methods; columns = set × task × rendering (percent), cost.
 ``summary.json|.md``   per method and rendering: drops from vanilla (points, mean of the three tasks) on each set,
                        the modality balance, cost, relearning recovery, membership-inference AUC; and per rendering
                        the best forget drop at <= 5 points retain drop (in both renderings) over every method and
@@ -94,9 +93,11 @@ class CompareConfig:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in LABELS]
-        if unknown:
+        if unknown := [m for m in self.methods if m not in LABELS]:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(LABELS)}")
+        for name, values in (("alphas", self.alphas), ("step_grid", self.step_grid), ("positions", self.positions)):
+            if len(set(values)) < len(values):  # a repeated sweep point would run and be plotted twice
+                raise ValueError(f"{name}={values} repeats a value; give each sweep point once")
         if not 0 < self.relearn_fraction <= 1:
             raise ValueError(f"relearn_fraction={self.relearn_fraction} must be in (0, 1]")
 

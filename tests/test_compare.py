@@ -104,6 +104,11 @@ def test_compare_refuses_unknown_methods():
         CompareConfig(methods=("vanilla", "gd"))
     with pytest.raises(ValueError, match="relearn_fraction"):
         replace(CompareConfig(), relearn_fraction=0)
+    # Chapter 05 once passed alphas=(10, 10) on colab (the profile's alpha is 10): three sweep points run twice.
+    for field_name, values in (("alphas", (10.0, 10.0)), ("step_grid", (5, 20, 5)), ("positions", ("all", "all"))):
+        with pytest.raises(ValueError, match=f"{field_name}=.* repeats a value"):
+            CompareConfig(**{field_name: values})
+    assert CompareConfig(alphas=(10.0, 30.0), step_grid=(5, 20)).alphas == (10.0, 30.0)
 
 
 def test_profile_compare_trains_lora_baselines_on_hub_profiles_only():
