@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from .bench import OPTION_LETTERS, MCQuestion, World
 from .config import RENDERINGS, EvalConfig
 from .protocol import (CLOZE_INSTRUCTION, GENERATION_INSTRUCTION, MC_INSTRUCTION, MLLMU_CLOZE_FEW_SHOT_SETS, MLLMU_MC_FEW_SHOT_SETS, MLLMU_NEW_TOKENS, cloze_correct, first_letter, mllmu_cloze_prompt, mllmu_cloze_shot, mllmu_few_shot_ids, mllmu_generation_prompt, mllmu_letter, mllmu_mc_prompt, mllmu_mc_shot, mllmu_response, mllmu_rouge, mllmu_test_image_index, rouge_l)
+from .likelihood import batches_by_rendering, option_logprobs
 from .results import Results, memorization_gate, results_frame  # noqa: F401  (re-exported)
-from .models import (Item, PromptAdapter, tokenizer_of, answer_nll, check_context, collate, context_length, encode_item,
+from .models import (Item, PromptAdapter, tokenizer_of, check_context, collate, context_length, encode_item,
                      model_device,
                      to_device)
 
@@ -43,16 +44,6 @@ LIKELIHOOD_PROTOCOLS = ("likelihood", "likelihood_norm", "likelihood_letter")
 
 
 # ----------------------------------------------------------------------------------------- model calls
-def _batches_by_rendering(items: list[Item], batch_size: int):
-    """Index lists of at most ``batch_size`` items, each of one rendering (image inputs cannot be mixed)."""
-    order = sorted(range(len(items)), key=lambda i: items[i].rendering)
-    for k in range(0, len(order), batch_size):
-        by_rendering: dict[str, list[int]] = {}
-        for i in order[k:k + batch_size]:
-            by_rendering.setdefault(items[i].rendering, []).append(i)
-        yield from by_rendering.values()
-
-
 @torch.no_grad()
 def generate(model, processor, adapter: PromptAdapter, items: list[Item], config: EvalConfig,
              progress: bool = False, desc: str = "generate") -> list[str]:
@@ -60,7 +51,7 @@ def generate(model, processor, adapter: PromptAdapter, items: list[Item], config
     tokenizer = tokenizer_of(processor)
     device = model_device(model)
     outputs: list[str | None] = [None] * len(items)
-    for indices in tqdm(list(_batches_by_rendering(items, config.batch_size)), desc=desc, disable=not progress,
+    for indices in tqdm(list(batches_by_rendering(items, config.batch_size)), desc=desc, disable=not progress,
                         leave=False):
         encoded = [encode_item(processor, adapter, items[i]) for i in indices]
         batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
@@ -72,19 +63,6 @@ def generate(model, processor, adapter: PromptAdapter, items: list[Item], config
         for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             outputs[i] = text.strip()
     return outputs
-
-
-@torch.no_grad()
-def option_logprobs(model, processor, adapter: PromptAdapter, items: list[Item], batch_size: int) -> list[float]:
-    """Summed log-probability of each item's ``answer`` given its prompt (no EOS), in input order."""
-    device = model_device(model)
-    pad = tokenizer_of(processor).pad_token_id
-    scores: list[float] = [0.0] * len(items)
-    for indices in _batches_by_rendering(items, batch_size):
-        batch = collate([encode_item(processor, adapter, items[i], add_eos=False) for i in indices], pad)
-        for i, nll in zip(indices, answer_nll(model, to_device(batch, device), per_sequence=True).tolist()):
-            scores[i] = -nll
-    return scores
 
 
 # --------------------------------------------------------------------------------------------- tasks

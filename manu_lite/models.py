@@ -268,10 +268,7 @@ def encode_item(processor, adapter: PromptAdapter, item: Item, add_eos: bool = T
     prompt_ids = encoded["input_ids"]
     answer_ids = torch.zeros((1, 0), dtype=torch.long)
     if item.answer is not None:
-        ids = tokenizer(adapter.answer_prefix + item.answer, add_special_tokens=False)["input_ids"]
-        if add_eos:
-            ids = ids + [tokenizer.eos_token_id]
-        answer_ids = torch.tensor([ids], dtype=torch.long)
+        answer_ids = torch.tensor([answer_tokens(tokenizer, adapter, item.answer, add_eos)], dtype=torch.long)
     length = prompt_ids.shape[1]
     # Per-token keys (input_ids, attention_mask, mm_token_type_ids …) get the answer appended; others stay.
     for key, value in list(encoded.items()):
@@ -280,6 +277,12 @@ def encode_item(processor, adapter: PromptAdapter, item: Item, add_eos: bool = T
             encoded[key] = torch.cat([value, tail.to(value.dtype)], dim=1)
     encoded["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer_ids], dim=1)
     return encoded
+
+
+def answer_tokens(tokenizer, adapter: PromptAdapter, answer: str, add_eos: bool = True) -> list[int]:
+    """The token ids an answer is scored or trained on: the adapter's answer prefix and the answer (then EOS)."""
+    ids = tokenizer(adapter.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if add_eos else ids
 
 
 def collate(encoded: list[dict[str, torch.Tensor]], pad_token_id: int, padding_side: str = "right") -> dict:

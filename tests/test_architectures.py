@@ -172,6 +172,34 @@ def test_generate_greedy_under_masks(family):
     assert torch.equal(greedy()[0], tokens)  # restored
 
 
+def test_prompt_continuations_equal_full_forward_passes(family):
+    """Likelihood MC scores the options of a question by continuing one pass over the prompt, on the model types
+    of SHARED_PROMPT_MODELS; there every answer's log-probability equals that of a full forward pass over prompt +
+    answer, with and without an image and with answers of different lengths (padded, masked)."""
+    from manu_lite.likelihood import SHARED_PROMPT_MODELS, prompt_continuations
+    from manu_lite.models import answer_nll
+
+    if family.model.config.model_type not in SHARED_PROMPT_MODELS:
+        pytest.skip(f"{family.name} is scored by full forward passes (not in SHARED_PROMPT_MODELS)")
+    answers = [[5, 7, 9], [11], [13, 17, 19, 23], [29, 31]]
+    for batch in (family.image, family.text):
+        prompt = first_row(batch)
+        width = prompt["input_ids"].shape[1]
+        full = []
+        for answer in answers:
+            tail = torch.tensor([answer])
+            joined = {k: torch.cat([v, tail if k == "input_ids" else torch.ones_like(tail) if k == "attention_mask"
+                                    else torch.zeros_like(tail)], 1) if v.dim() == 2 and v.shape[1] == width else v
+                      for k, v in prompt.items()}
+            joined["labels"] = torch.cat([torch.full((1, width), -100), tail], 1)
+            with torch.no_grad():
+                full.append(-float(answer_nll(family.model, joined, per_sequence=True)[0]))
+        with torch.no_grad():
+            shared = prompt_continuations(family.model, prompt, answers).tolist()
+        assert shared == pytest.approx(full, abs=1e-4), family.name
+        assert len(set(shared)) == len(answers)  # the answers were told apart
+
+
 def first_row(batch):
     """Model inputs of the first row alone (Qwen-VL flattens image patches over the batch: take row 0's)."""
     out = {k: v[:1] for k, v in batch.items() if k not in ("labels", "pixel_values")}

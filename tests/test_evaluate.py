@@ -76,6 +76,36 @@ def test_batched_generation_and_scores_match_one_by_one(random_tiny):
     assert together == pytest.approx(alone, abs=1e-4)
 
 
+def test_option_logprobs_share_the_prompt_and_equal_full_forward_passes(random_tiny, monkeypatch):
+    """The options of a question (one prompt, one image object) are scored from one pass over the prompt: the
+    model sees each image once, and every score equals the full forward pass's (answer_nll over prompt + option)."""
+    import torch
+    from PIL import Image
+    from manu_lite import likelihood
+    from manu_lite.models import answer_nll, collate, encode_item
+
+    model, processor, adapter = random_tiny
+    image = Image.new("RGB", (32, 32), (200, 40, 0))
+    options = ["Riga", "Oslo in Norway", "Lima", "a small town near Porto"]
+    items = ([Item("Where was this person born?", "image_text", image, o) for o in options]
+             + [Item("Where was Ann Lee born?", "text_only", None, o) for o in options])
+    images_seen = []
+    handle = model.model.vision_tower.register_forward_hook(lambda m, a, out: images_seen.append(a[0].shape[0]))
+    try:
+        shared = option_logprobs(model, processor, adapter, items, batch_size=4)
+    finally:
+        handle.remove()
+    assert images_seen == [1]  # one image through the tower for the image+text question's four options
+    with torch.no_grad():
+        full = [-float(answer_nll(model, collate([encode_item(processor, adapter, it, add_eos=False)],
+                                                 processor.tokenizer.pad_token_id), per_sequence=True)[0])
+                for it in items]
+    assert shared == pytest.approx(full, abs=1e-4)
+    # A model type outside SHARED_PROMPT_MODELS takes the full forward passes, with the same scores.
+    monkeypatch.setattr(likelihood, "SHARED_PROMPT_MODELS", frozenset())
+    assert option_logprobs(model, processor, adapter, items, batch_size=3) == pytest.approx(full, abs=1e-4)
+
+
 def test_results_records_and_table():
     results = Results([{"method": "vanilla", "set": "forget", "rendering": "image_text", "task": "mc",
                         "metric": "accuracy", "value": 0.5, "n": 4}])
