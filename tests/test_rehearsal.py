@@ -5,8 +5,9 @@ down, random init), ``MLLMMU/Idefics2_Vanilla`` and the synthetic ``MLLMMU/MLLMU
 notebooks then run exactly as on Colab — the parameters cell set to ``"colab"``, the model loaded by
 ``profiles.load_model`` in real bitsandbytes NF4 (its CPU kernels), the bench through ``load_world`` of the hub id —
 with ``HF_HUB_OFFLINE=1`` and ``MANU_LITE_PEOPLE=1`` person per set. The scores mean nothing; every step must run
-and leave its outputs. book/setup.md's walk-through names the test of each step. CI runs all of it: chapters 03-06
-took 11 min 28 s on the 2-core machine (04: 104 s, 05: 471 s, 06: 98 s; the issue-14 note).
+and leave its outputs. book/setup.md's walk-through names the test of each step. CI runs all of it but chapter 05
+(452 s in CI, which would take the tests past their 12-minute budget: the issue-14 note), which runs with
+``MANU_LITE_REHEARSAL_ALL=1``.
 """
 from __future__ import annotations
 
@@ -193,7 +194,14 @@ def _text(notebook) -> str:
                      for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-@pytest.mark.parametrize("name", ["03_importance.ipynb", "04_pruning.ipynb", "05_evaluation_and_baselines.ipynb",
+# Chapter 05 compares eight methods with their sweeps (about twenty evaluations of every set): 452 s under CI on two
+# cores, 95 s for chapter 04 and 100 s for 06. With it the tests without the book took 14.8 min, past their 12.
+_OPT_IN = pytest.mark.skipif(not os.environ.get("MANU_LITE_REHEARSAL_ALL"),
+                             reason="chapter 05 of the rehearsal runs with MANU_LITE_REHEARSAL_ALL=1 (8 minutes)")
+
+
+@pytest.mark.parametrize("name", ["03_importance.ipynb", "04_pruning.ipynb",
+                                  pytest.param("05_evaluation_and_baselines.ipynb", marks=_OPT_IN),
                                   "06_full_benchmark_gpu.ipynb"])
 def test_notebook_runs_on_the_colab_path(rehearsal, monkeypatch, name):
     """Steps 3-6 of the walk-through: the chapter runs end to end on the colab profile and leaves its outputs."""
