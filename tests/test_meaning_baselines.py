@@ -254,3 +254,25 @@ def test_the_progress_bar_names_the_method(small_world, small_vanilla, capsys):
     unlearn_with("graddiff", copy.deepcopy(model), processor, adapter, small_world,
                  UnlearnConfig(steps=1, batch_size=2, renderings="text_only"), progress=True)
     assert "unlearn graddiff" in capsys.readouterr().err
+
+
+def test_a_text_only_step_leaves_the_vision_tower_where_it_was(small_world, small_vanilla):
+    """With ``renderings="both"`` some batches hold no image, so the vision tower gets no gradient there. Its
+    gradients are dropped (``zero_grad(set_to_none=True)``), so AdamW skips it on those steps; zeroed gradients
+    would let AdamW's momentum from the last image batch keep moving it."""
+    model, processor, adapter = small_vanilla
+    config = UnlearnConfig(steps=8, batch_size=4, renderings="both")
+    items = training_items(small_world.forget_train, ("image_text", "text_only"))
+    has_image = ["pixel_values" in batch for batch, _ in
+                 zip(baselines._batches(processor, adapter, items, config.batch_size, config.seed), range(config.steps))]
+    assert any(has_image[:-1]) and not all(has_image[1:])  # the case holds a text-only step after an image step
+    tower = [n for n, _ in model.named_parameters() if "vision_tower" in n]
+    snapshots = [{n: p.detach().clone() for n, p in model.named_parameters() if n in tower}]
+    network = copy.deepcopy(model)
+
+    def snapshot(step, net):
+        snapshots.append({n: p.detach().clone() for n, p in net.named_parameters() if n in tower})
+
+    unlearn_with("ga", network, processor, adapter, small_world, config, progress=False, on_step=snapshot)
+    moved = [any(not torch.equal(before[n], after[n]) for n in tower) for before, after in zip(snapshots, snapshots[1:])]
+    assert moved == has_image, (moved, has_image)
