@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from .models import (Item, PromptAdapter, answer_nll, answer_tokens, check_context, collate, encode_item, model_device,
-                     to_device, tokenizer_of)
+                     model_inputs, to_device, tokenizer_of)
 
 
 def batches_by_rendering(items: list[Item], batch_size: int):
@@ -38,23 +38,25 @@ def prompt_continuations(model, prompt: dict, answers: list[list[int]]) -> torch
     continues (for the options of one question: the image and the prompt are encoded once, not once per option)."""
     length, device = prompt["input_ids"].shape[1], prompt["input_ids"].device
     n, longest = len(answers), max(map(len, answers), default=0)
+    if not longest:
+        return torch.zeros(n, device=device)
+    check_context(model, torch.zeros(1, length + longest))  # prompt and answer are scored, not generated
     ids = torch.zeros(n, longest, dtype=torch.long)  # right padding, masked out of the sums
     mask = torch.zeros(n, longest, dtype=torch.long)
     for i, answer in enumerate(answers):
         ids[i, :len(answer)], mask[i, :len(answer)] = torch.tensor(answer, dtype=torch.long), 1
     ids, mask = ids.to(device), mask.to(device)
-    check_context(model, torch.zeros(1, length + longest))
     out = model(**prompt, use_cache=True)
-    scores = torch.log_softmax(out.logits[0, -1].float(), dim=-1)[ids[:, 0]] * mask[:, 0] if longest else \
-        torch.zeros(n, device=device)
+    scores = torch.log_softmax(out.logits[0, -1].float(), dim=-1)[ids[:, 0]] * mask[:, 0]
     if longest > 1:
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5 renamed it
+        cache_key = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers 5 renamed it
+        cache = getattr(out, cache_key)
         cache.batch_repeat_interleave(n)
         # Per-token inputs besides ids and mask (token types) get zeros for the answer, as encode_item appends.
         extra = {k: torch.zeros(n, longest, dtype=v.dtype, device=device) for k, v in prompt.items()
                  if k not in ("input_ids", "attention_mask") and v.dim() == 2 and v.shape == (1, length)}
         logits = model(input_ids=ids, attention_mask=torch.cat([prompt["attention_mask"].expand(n, -1), mask], 1),
-                       **{"cache" if hasattr(out, "cache") else "past_key_values": cache}, use_cache=False,
+                       **{cache_key: cache}, use_cache=False,
                        cache_position=torch.arange(length, length + longest, device=device), **extra).logits
         token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         scores = scores + (token_logprobs * mask[:, 1:]).sum(dim=1)
@@ -91,8 +93,7 @@ def option_logprobs(model, processor, adapter: PromptAdapter, items: list[Item],
     scores: list[float] = [0.0] * len(items)
     if getattr(model.config, "model_type", None) in SHARED_PROMPT_MODELS:
         for indices in _same_prompt_runs(items):
-            prompt = encode_item(processor, adapter, replace(items[indices[0]], answer=None))
-            prompt.pop("labels")
+            prompt = model_inputs(encode_item(processor, adapter, replace(items[indices[0]], answer=None)))
             answers = [answer_tokens(tokenizer, adapter, items[i].answer, add_eos=False) for i in indices]
             for i, score in zip(indices, prompt_continuations(model, to_device(prompt, device), answers).tolist()):
                 scores[i] = score
